@@ -1,0 +1,80 @@
+"""What a stream yields: one experience at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from fluxbench.benchmarks.base import ImageDataset
+
+BatchTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Experience:
+    """One step of a stream.
+
+    Labels in ``train``/``test`` are *stream labels*: class-incremental streams relabel
+    classes by their position in the class order, so experience ``i`` holds the
+    contiguous range ``classes_seen_before .. classes_seen_before + len(classes) - 1``.
+    ``classes`` keeps the original class ids; ``metadata`` says where the data came from.
+    ``train_transform`` (batched, on tensors) is applied to training batches only.
+    """
+
+    index: int
+    train: ImageDataset | None
+    test: ImageDataset
+    classes: tuple[int, ...]
+    num_seen_classes: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    train_transform: BatchTransform | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def new_class_range(self) -> range:
+        return range(self.num_seen_classes - len(self.classes), self.num_seen_classes)
+
+    def tensors(self, part: str = "train", device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """All images of a part as float tensors in [0, 1], decoded once and kept."""
+        key = (part, str(device))
+        if key not in self._cache:
+            data = self.train if part == "train" else self.test
+            if data is None or len(data) == 0:
+                raise ValueError(f"experience {self.index} has no {part} data")
+            x, y = data.to_tensors()
+            self._cache[key] = (x.to(device), y.to(device))
+        return self._cache[key]
+
+    def train_batches(
+        self, batch_size: int, device: torch.device | str = "cpu", shuffle: bool = True, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled mini-batches of the training part, augmented by ``train_transform``.
+
+        Shuffling draws from torch's global generator, which the protocol seeds.
+        """
+        x, y = self.tensors("train", device)
+        yield from iterate_batches(x, y, batch_size, shuffle, drop_last, self.train_transform)
+
+    def test_batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = self.tensors("test", device)
+        yield from iterate_batches(x, y, batch_size, shuffle=False)
+
+
+def iterate_batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    transform: BatchTransform | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches by indexing preloaded tensors: no per-sample Python work in the loop."""
+    n = len(y)
+    order = torch.randperm(n, device=x.device) if shuffle else torch.arange(n, device=x.device)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        index = order[start:start + batch_size]
+        xb = x[index]
+        yield (transform(xb) if transform else xb), y[index]
