@@ -1,0 +1,54 @@
+"""Backbones by kind: ``build_backbone(cfg)`` returns a fresh :class:`FeatureBackbone`.
+
+A kind is registered with ``@register_backbone_kind("name")`` and called as::
+
+    builder(cfg: dict, data_root: pathlib.Path) -> FeatureBackbone
+
+where ``cfg`` is the resolved ``backbone`` config node as a plain dict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from fluxbench.backbones.base import FeatureBackbone
+from fluxbench.errors import ConfigError
+
+Builder = Callable[[dict, Path], FeatureBackbone]
+_KINDS: dict[str, Builder] = {}
+
+
+def register_backbone_kind(name: str) -> Callable[[Builder], Builder]:
+    def wrap(fn: Builder) -> Builder:
+        _KINDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def build_backbone(cfg: dict[str, Any], data_root: str | Path = ".") -> FeatureBackbone:
+    kind = cfg.get("kind")
+    if kind not in _KINDS:
+        raise ConfigError(f"unknown backbone kind {kind!r}; known: {', '.join(sorted(_KINDS))}")
+    return _KINDS[kind](dict(cfg), Path(data_root))
+
+
+@register_backbone_kind("tiny_vit")
+def _tiny_vit(cfg: dict, data_root: Path) -> FeatureBackbone:
+    from fluxbench.backbones.tiny_vit import pretrained_tiny_vit
+
+    model, key = pretrained_tiny_vit(cfg["pretrain"], data_root)
+    return FeatureBackbone(model, model.num_features, cfg.get("mean"), cfg.get("std"),
+                           recipe={"name": "vit_digits_patch2", "recipe_hash": key})
+
+
+@register_backbone_kind("small_cnn")
+def _small_cnn(cfg: dict, data_root: Path) -> FeatureBackbone:
+    from fluxbench.backbones.small_cnn import SmallCNN
+
+    model = SmallCNN(width=int(cfg.get("width", 32)))
+    return FeatureBackbone(model, model.num_features, cfg.get("mean"), cfg.get("std"), recipe={"name": "small_cnn"})
+
+
+__all__ = ["FeatureBackbone", "build_backbone", "register_backbone_kind"]
