@@ -1,0 +1,134 @@
+"""``fluxbench run ...`` (Hydra), ``fluxbench report``, ``fluxbench methods``.
+
+User errors (:class:`~fluxbench.errors.FluxbenchError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from fluxbench.errors import ConfigError, FluxbenchError
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+USAGE = """usage: fluxbench run [-m] [key=value ...]   train and evaluate (Hydra overrides; -m sweeps)
+       fluxbench methods [pattern]          list registered methods, defaults and search spaces
+       fluxbench report [options]           build the leaderboard from MLflow (see fluxbench report -h)"""
+
+
+def fail(message: str) -> None:
+    print(f"fluxbench: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def group_options(group: str) -> list[str]:
+    """Options Hydra can compose for a config group (files in conf/ plus registered plug-in methods)."""
+    names = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+    if group == "method":
+        from fluxbench.methods.registry import list_methods
+
+        names |= set(list_methods())
+    return sorted(names)
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """Name the valid choices in one line, instead of Hydra's multi-line error."""
+    for override in overrides:
+        match = re.fullmatch(r"(protocol|method|benchmark|backbone|tracking)=(.+)", override)
+        if not match:
+            continue
+        group, values = match.groups()
+        valid = group_options(group)
+        for value in values.split(","):
+            if value not in valid:
+                raise ConfigError(f"unknown {group} {value!r}; choose one of: {', '.join(valid)}")
+
+
+def register_plugin_configs() -> None:
+    """Methods from other packages bring their own YAML; make it a Hydra ``method`` option."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from fluxbench.methods.registry import get_method, list_methods
+
+    store = ConfigStore.instance()
+    for name in list_methods():
+        if (CONF_DIR / "method" / f"{name}.yaml").is_file():
+            continue
+        path = get_method(name).config_path()
+        if path.is_file():
+            store.store(group="method", name=name, node=OmegaConf.load(path))
+
+
+def run_command(args: list[str]) -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    import fluxbench.methods  # noqa: F401  (registers in-tree methods)
+
+    check_group_choices([a for a in args if not a.startswith("-")])
+    register_plugin_configs()
+
+    @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        from fluxbench.protocols import get_protocol
+        from fluxbench.tracking import Tracker
+
+        try:
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            tracker = Tracker(resolved["tracking"]["uri"], resolved["tracking"]["experiment"])
+            get_protocol(resolved["protocol"]["name"])(resolved, tracker)
+        except FluxbenchError as err:
+            fail(str(err))
+
+    sys.argv = [sys.argv[0], *args]
+    _main()
+
+
+def methods_command(args: list[str]) -> None:
+    import yaml
+
+    from fluxbench.methods.registry import get_method, list_methods, method_config
+
+    import fluxbench.methods  # noqa: F401
+
+    for name in list_methods(args[0] if args else "*"):
+        cfg = method_config(name)
+        space = cfg.pop("search_space", {}) or {}
+        cfg.pop("name", None)
+        origin = get_method(name).__module__
+        print(f"{name}  ({origin})")
+        print("  defaults: " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
+        print("  search space: " + (yaml.safe_dump(space, default_flow_style=True, width=1000).strip() if space else
+                                    "(none)"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fluxbench never downloads at run time
+    for noisy in ("timm", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        raise SystemExit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "run":
+            run_command(rest)
+        elif command == "methods":
+            methods_command(rest)
+        elif command == "report":
+            from fluxbench.reports.cli import report_command
+
+            report_command(rest)
+        else:
+            fail(f"unknown command {command!r}\n{USAGE}")
+    except FluxbenchError as err:
+        fail(str(err))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Methods by name: in-tree ones by decorator, others through the ``fluxbench.methods`` entry-point group.
+
+``@register_method("name")`` registers a :class:`~fluxbench.methods.base.Method` subclass.
+A package outside fluxbench adds a method without editing fluxbench by declaring::
+
+    [project.entry-points."fluxbench.methods"]
+    my_method = "my_package.my_module:MyMethod"
+
+and giving the class a ``config_file`` (its defaults and search space, in the schema of
+``conf/method/*.yaml``). The registry calls::
+
+    cls(cls.Hparams(**hyperparameters), ctx: MethodContext) -> Method
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import fields
+from importlib.metadata import entry_points
+from typing import Any, Callable, Mapping
+
+from omegaconf import OmegaConf
+
+from fluxbench.errors import ConfigError
+from fluxbench.methods.base import Method, MethodContext
+
+ENTRY_POINT_GROUP = "fluxbench.methods"
+META_KEYS = ("name", "search_space")
+_METHODS: dict[str, type[Method]] = {}
+_plugins_loaded = False
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    def wrap(cls: type[Method]) -> type[Method]:
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} is registered twice ({_METHODS[name]} and {cls})")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def load_plugins() -> None:
+    """Import every method declared in the ``fluxbench.methods`` entry-point group (once)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        if ep.name not in _METHODS:
+            register_method(ep.name)(cls)
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    load_plugins()
+    return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
+
+
+def get_method(name: str) -> type[Method]:
+    load_plugins()
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(list_methods())}")
+    return _METHODS[name]
+
+
+def method_config(name: str) -> dict[str, Any]:
+    """The method's YAML (defaults and search space) as a plain dict."""
+    path = get_method(name).config_path()
+    if not path.is_file():
+        raise ConfigError(f"method {name!r} has no config file at {path}")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def hyperparameters(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameter part of a method config node (without ``name`` and ``search_space``)."""
+    return {k: v for k, v in cfg.items() if k not in META_KEYS}
+
+
+def create_method(cfg: Mapping[str, Any], ctx: MethodContext) -> Method:
+    """Build the method a config node names, validating its hyperparameters."""
+    cls = get_method(cfg["name"])
+    values = hyperparameters(cfg)
+    expected = {f.name for f in fields(cls.Hparams)}
+    unknown, missing = sorted(set(values) - expected), sorted(expected - set(values))
+    if unknown or missing:
+        raise ConfigError(f"method {cls.name!r}: unknown hyperparameters {unknown}, missing {missing}")
+    return cls(cls.Hparams(**values), ctx)

@@ -1,0 +1,119 @@
+"""The supervised training template most methods share: optimiser, schedule, epochs, hooks.
+
+Hooks, in call order for each experience::
+
+    before_experience(exp)
+    for each epoch:  for each batch:  loss = training_loss(x, y, exp); backward; step; after_step(exp)
+    after_experience(exp)
+
+A method overrides only what makes it that method (the loss, what is trainable, what
+happens after an experience), and keeps a loop as lean as a hand-written one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from fluxbench.methods.base import Method, check_choice, check_finite, check_range
+from fluxbench.streams.experience import Experience
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("constant", "cosine", "steplr")
+
+
+@dataclass
+class TrainingHparams:
+    """Hyperparameters of the shared loop; defaults live in the method's YAML."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    scheduler: str
+
+    def __post_init__(self) -> None:
+        check_range("lr", self.lr, 0, 10, low_open=True)
+        check_range("epochs", self.epochs, 1)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("momentum", self.momentum, 0, 1, high_open=True)
+        check_range("weight_decay", self.weight_decay, 0)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("scheduler", self.scheduler, SCHEDULERS)
+
+
+def make_optimizer(params: Iterable, hp: TrainingHparams) -> torch.optim.Optimizer:
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, hp: TrainingHparams) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch."""
+    if hp.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs)
+    if hp.scheduler == "steplr":
+        milestones = [round(hp.epochs * f) for f in (2 / 5, 4 / 5)]
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+class SupervisedMethod(Method):
+    """A method trained by gradient descent on each experience's data."""
+
+    model: nn.Module
+
+    def __init__(self, hparams, ctx) -> None:
+        super().__init__(hparams, ctx)
+        self.register_buffer("num_seen", torch.zeros((), dtype=torch.long))
+
+    # -- hooks -----------------------------------------------------------------------------
+    def before_experience(self, exp: Experience) -> None:
+        self.num_seen.fill_(exp.num_seen_classes)
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def training_batches(self, exp: Experience):
+        return exp.train_batches(self.hparams.batch_size, self.device)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, exp: Experience) -> torch.Tensor:
+        logits = self.model(x)[:, : exp.num_seen_classes]
+        return nn.functional.cross_entropy(logits, y)
+
+    def after_step(self, exp: Experience) -> None:
+        pass
+
+    def after_experience(self, exp: Experience) -> None:
+        pass
+
+    # -- the loop ------------------------------------------------------------------------
+    def train_experience(self, exp: Experience) -> None:
+        self.before_experience(exp)
+        opt = make_optimizer(self.trainable_parameters(), self.hparams)
+        sched = make_scheduler(opt, self.hparams)
+        self.model.train()
+        for epoch in range(self.hparams.epochs):
+            for x, y in self.training_batches(exp):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.ctx.amp):
+                    loss = self.training_loss(x, y, exp)
+                check_finite(loss, f"experience {exp.index}, epoch {epoch}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                self.after_step(exp)
+            sched.step()
+        self.after_experience(exp)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.ctx.amp):
+            return self.model(x)[:, : int(self.num_seen)].float()

@@ -1,0 +1,18 @@
+"""Protocol runners by name: each is ``run(cfg: dict, tracker: Tracker) -> dict``."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any, Callable
+
+from fluxbench.errors import ConfigError
+
+PROTOCOLS = {
+    "conventional": "fluxbench.protocols.conventional",
+}
+
+
+def get_protocol(name: str) -> Callable[..., dict[str, Any]]:
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {name!r}; known: {', '.join(sorted(PROTOCOLS))}")
+    return import_module(PROTOCOLS[name]).run

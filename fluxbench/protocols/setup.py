@@ -1,0 +1,80 @@
+"""Turning the resolved config into the objects a protocol runs: data, stream, method context."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from fluxbench.backbones import build_backbone
+from fluxbench.benchmarks import DataSplit, load_dataset
+from fluxbench.errors import ConfigError
+from fluxbench.methods import MethodContext
+from fluxbench.streams.class_incremental import ClassIncrementalScenario, class_incremental_stream, class_order
+from fluxbench.streams.experience import Experience
+from fluxbench.streams.manifest import read_manifest
+
+
+def seed_everything(seed: int) -> None:
+    """The protocol owns seeds: data order, augmentation and initialisation all follow this one."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} was asked for, but torch sees no CUDA device; use device=cpu")
+    return torch.device(name)
+
+
+def load_split(cfg: Mapping[str, Any], role: str) -> DataSplit:
+    """The ``tuning`` or ``evaluation`` data of the configured benchmark."""
+    return load_dataset(cfg["benchmark"][role], Path(cfg["data_root"]))
+
+
+def scenario_of(cfg: Mapping[str, Any]) -> ClassIncrementalScenario:
+    stream = cfg["stream"]
+    scenario = ClassIncrementalScenario.parse(stream["scenario"], stream.get("num_experiences"))
+    if stream.get("classes_per_exp") is not None:
+        scenario = ClassIncrementalScenario(int(stream["classes_per_exp"]), 0, scenario.num_experiences)
+    if stream.get("initial_classes") is not None:
+        scenario = ClassIncrementalScenario(scenario.increment, int(stream["initial_classes"]), scenario.num_experiences)
+    return scenario
+
+
+def build_stream(cfg: Mapping[str, Any], split: DataSplit, seed: int, dataset_name: str = "") -> list[Experience]:
+    """The class-incremental stream for one seed (or exactly the one in ``stream.manifest``)."""
+    stream = cfg["stream"]
+    transform = None
+    if cfg["benchmark"].get("augment"):
+        from fluxbench.streams.transforms import build_batch_transform
+
+        transform = build_batch_transform(cfg["benchmark"]["augment"])
+    if stream.get("manifest"):
+        manifest = read_manifest(stream["manifest"])
+        sizes = [len(e["classes"]) for e in manifest["experiences"]]
+        scenario = ClassIncrementalScenario(max(sizes[1:] or sizes), sizes[0], len(sizes))
+        order = [int(c) for c in manifest["class_order"]]
+    else:
+        scenario = scenario_of(cfg)
+        order_seed = stream.get("class_order_seed")
+        order = class_order(split.num_classes, seed if order_seed is None else int(order_seed))
+    return class_incremental_stream(split, scenario, order, dataset_name, transform)
+
+
+def method_context(cfg: Mapping[str, Any], num_classes: int) -> MethodContext:
+    device = resolve_device(str(cfg.get("device", "auto")))
+    backbone_cfg = dict(cfg["backbone"])
+    data_root = Path(cfg["data_root"])
+    return MethodContext(
+        build_backbone=lambda: build_backbone(backbone_cfg, data_root),
+        num_classes=num_classes,
+        device=device,
+        amp=bool(cfg.get("amp", False)) and device.type == "cuda",
+    )
