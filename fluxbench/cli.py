@@ -91,9 +91,8 @@ def run_command(args: list[str]) -> None:
 def methods_command(args: list[str]) -> None:
     import yaml
 
-    from fluxbench.methods.registry import get_method, list_methods, method_config
-
     import fluxbench.methods  # noqa: F401
+    from fluxbench.methods.registry import get_method, list_methods, method_config
 
     for name in list_methods(args[0] if args else "*"):
         cfg = method_config(name)

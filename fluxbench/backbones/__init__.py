@@ -9,8 +9,9 @@ where ``cfg`` is the resolved ``backbone`` config node as a plain dict.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fluxbench.backbones.base import FeatureBackbone
 from fluxbench.errors import ConfigError

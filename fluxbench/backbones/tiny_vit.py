@@ -28,6 +28,8 @@ _PRETRAINED_CFG = dict(
     architecture="vit_digits_patch2", input_size=(3, 8, 8), num_classes=0, mean=(0.5,) * 3, std=(0.5,) * 3,
     first_conv="patch_embed.proj", classifier="head",
 )
+# read by timm's @register_model: gives the model a pretrained config, so timm does not warn on creation
+default_cfgs = {"vit_digits_patch2": dict(_PRETRAINED_CFG)}
 
 
 @register_model

@@ -8,8 +8,8 @@ corruptions, methods) works on that one form, so a new dataset is only a new rea
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,9 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise DataError(f"{self.name}: images must be (N, H, W, C) uint8, got {self.images.dtype} {self.images.shape}")
+            raise DataError(
+                f"{self.name}: images must be (N, H, W, C) uint8, got {self.images.dtype} {self.images.shape}"
+            )
         if not (len(self.images) == len(self.labels) == len(self.ids)):
             raise DataError(f"{self.name}: {len(self.images)} images, {len(self.labels)} labels, {len(self.ids)} ids")
 
@@ -70,10 +72,8 @@ class ImageDataset:
         if "samples" not in self._hashes:
             flat = np.ascontiguousarray(self.images).reshape(len(self), -1)
             shape = repr(self.images.shape[1:]).encode()
-            self._hashes["samples"] = np.array(
-                [int.from_bytes(hashlib.blake2b(shape + row.tobytes(), digest_size=8).digest(), "little") for row in flat],
-                dtype=np.uint64,
-            )
+            digests = [hashlib.blake2b(shape + row.tobytes(), digest_size=8).digest() for row in flat]
+            self._hashes["samples"] = np.array([int.from_bytes(d, "little") for d in digests], dtype=np.uint64)
         return self._hashes["samples"]
 
     def fingerprint(self) -> str:
@@ -94,7 +94,8 @@ class DataSplit:
     num_classes: int
 
     def fingerprint(self) -> str:
-        return hashlib.blake2b((self.train.fingerprint() + self.test.fingerprint()).encode(), digest_size=12).hexdigest()
+        both = (self.train.fingerprint() + self.test.fingerprint()).encode()
+        return hashlib.blake2b(both, digest_size=12).hexdigest()
 
     def sample_hashes(self) -> np.ndarray:
         return np.concatenate([self.train.sample_hashes(), self.test.sample_hashes()])

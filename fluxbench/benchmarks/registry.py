@@ -13,8 +13,9 @@ A reader is registered with ``@register_dataset("name")`` and is called as::
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from fluxbench.benchmarks.base import DataSplit
 from fluxbench.errors import ConfigError, DataError
@@ -61,5 +62,7 @@ def load_dataset(spec: Mapping[str, Any], data_root: str | Path) -> DataSplit:
         return split
     missing = sorted(set(classes) - set(range(split.num_classes)))
     if missing:
-        raise DataError(f"{name}: classes {missing[:5]} requested, but the data set has classes 0..{split.num_classes - 1}")
+        raise DataError(
+            f"{name}: classes {missing[:5]} requested, but the data set has classes 0..{split.num_classes - 1}"
+        )
     return DataSplit(split.train.with_classes(classes), split.test.with_classes(classes), len(classes))

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience, EagerCLStream
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
-from avalanche.training.supervised import EWC, LwF, Naive, Replay
+from avalanche.training.supervised import EWC, LwF, Naive, Replay  # Naive: the base strategy
 from torch import nn
 
 from fluxbench.methods.base import ClassifierModel, check_finite, check_range
@@ -74,20 +74,8 @@ class AvalancheMethod(SupervisedMethod):
         self._hooks.where = f"experience {exp.index}"
         # a fresh optimizer state per experience, as fluxbench's own loop does
         self.strategy.optimizer = make_optimizer(self.model.parameters(), self.hparams)
-        self.strategy.train(DatasetExperience(dataset=data, current_experience=exp.index), num_workers=0)
-
-
-@dataclass
-class NaiveHparams(TrainingHparams):
-    pass
-
-
-@register_method("naive")
-class AvalancheNaive(AvalancheMethod):
-    """avalanche's ``Naive`` (fine-tuning), kept as a reference for the adapter itself."""
-
-    Hparams = NaiveHparams
-    strategy_class = Naive
+        stream = EagerCLStream("train", [DatasetExperience(dataset=data, current_experience=exp.index)])
+        self.strategy.train(stream[0], num_workers=0)
 
 
 @dataclass

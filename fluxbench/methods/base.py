@@ -24,9 +24,10 @@ buffers; plain-Python state goes through ``get_extra_state``/``set_extra_state``
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -52,6 +53,7 @@ class Method(nn.Module):
     """Base class; see the module docstring for the call order."""
 
     name: ClassVar[str] = ""
+    kind: ClassVar[str] = "supervised"  # "supervised" (train_experience/predict) or "tta" (adapt/reset)
     Hparams: ClassVar[type] = dataclass(type("NoHparams", (), {}))
     config_file: ClassVar[Path | None] = None  # default: conf/method/<name>.yaml
 

@@ -15,9 +15,10 @@ and giving the class a ``config_file`` (its defaults and search space, in the sc
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from importlib.metadata import entry_points
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -78,12 +79,17 @@ def hyperparameters(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in META_KEYS}
 
 
-def create_method(cfg: Mapping[str, Any], ctx: MethodContext) -> Method:
-    """Build the method a config node names, validating its hyperparameters."""
+def validate_hyperparameters(cfg: Mapping[str, Any]) -> Any:
+    """The method's ``Hparams`` built from a config node; a one-line ConfigError if anything is off."""
     cls = get_method(cfg["name"])
     values = hyperparameters(cfg)
     expected = {f.name for f in fields(cls.Hparams)}
     unknown, missing = sorted(set(values) - expected), sorted(expected - set(values))
     if unknown or missing:
         raise ConfigError(f"method {cls.name!r}: unknown hyperparameters {unknown}, missing {missing}")
-    return cls(cls.Hparams(**values), ctx)
+    return cls.Hparams(**values)
+
+
+def create_method(cfg: Mapping[str, Any], ctx: MethodContext) -> Method:
+    """Build the method a config node names, validating its hyperparameters."""
+    return get_method(cfg["name"])(validate_hyperparameters(cfg), ctx)

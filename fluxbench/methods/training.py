@@ -12,8 +12,8 @@ happens after an experience), and keeps a loop as lean as a hand-written one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from torch import nn

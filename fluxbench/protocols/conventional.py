@@ -7,8 +7,10 @@ std and a 95% confidence interval. When hyperparameters are tuned on the same sc
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+from fluxbench.methods.registry import validate_hyperparameters
 from fluxbench.protocols.execution import run_seed
 from fluxbench.protocols.progress import Progress
 from fluxbench.protocols.setup import load_split, scenario_of
@@ -21,6 +23,7 @@ def seeds_of(cfg: Mapping[str, Any]) -> list[int]:
 
 
 def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
+    validate_hyperparameters(cfg["method"])
     split = load_split(cfg, "evaluation")
     chash = config_hash(cfg, split.fingerprint())
     label = f"{cfg['method']['name']} on {cfg['benchmark']['name']}"

@@ -12,9 +12,10 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,7 +115,8 @@ def run_seed(
     run = tracker.start(f"seed {seed}", chash, "seed", parent.run_id, {"seed": seed, **(tags or {})})
     if not run.resumed:
         tracker.log_params(run, flatten(cfg) | {"seed": seed})
-        tracker.log_json(run, stream_manifest(stream, seed=seed, fingerprint=split.fingerprint()), "stream_manifest.json")
+        manifest = stream_manifest(stream, seed=seed, fingerprint=split.fingerprint())
+        tracker.log_json(run, manifest, "stream_manifest.json")
 
     ctx = method_context(cfg, num_classes=stream[-1].num_seen_classes)
     method = create_method(cfg["method"], ctx)

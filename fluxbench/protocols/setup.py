@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,8 @@ def scenario_of(cfg: Mapping[str, Any]) -> ClassIncrementalScenario:
     if stream.get("classes_per_exp") is not None:
         scenario = ClassIncrementalScenario(int(stream["classes_per_exp"]), 0, scenario.num_experiences)
     if stream.get("initial_classes") is not None:
-        scenario = ClassIncrementalScenario(scenario.increment, int(stream["initial_classes"]), scenario.num_experiences)
+        first = int(stream["initial_classes"])
+        scenario = ClassIncrementalScenario(scenario.increment, first, scenario.num_experiences)
     return scenario
 
 

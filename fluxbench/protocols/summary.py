@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from fluxbench.protocols.metrics import mean_std_ci
 
@@ -47,7 +47,6 @@ def format_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]], metrics:
         cells.append(str(n))
         lines.append(cells)
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    fmt = "  ".join("{:<%d}" % w if i == 0 else "{:>%d}" % w for i, w in enumerate(widths))
-    out = [fmt.format(*row) for row in lines]
+    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in lines]
     out.insert(1, "-" * len(out[0]))
     return "\n".join(out)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -57,7 +58,9 @@ class Experience:
         x, y = self.tensors("train", device)
         yield from iterate_batches(x, y, batch_size, shuffle, drop_last, self.train_transform)
 
-    def test_batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def test_batches(
+        self, batch_size: int, device: torch.device | str = "cpu"
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.tensors("test", device)
         yield from iterate_batches(x, y, batch_size, shuffle=False)
 

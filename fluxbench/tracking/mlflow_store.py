@@ -13,10 +13,11 @@ import io
 import json
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -1,0 +1,46 @@
+"""Fixtures shared by all tests: an isolated cache, composed configs, a throwaway MLflow store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fluxbench_cache(tmp_path_factory) -> Path:
+    """One cache for the session (the tiny ViT is pre-trained once), never the user's own."""
+    path = Path(os.environ.get("FLUXBENCH_TEST_CACHE") or tmp_path_factory.mktemp("fluxbench-cache"))
+    os.environ["FLUXBENCH_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture
+def store(tmp_path) -> dict[str, str]:
+    """Tracking overrides pointing at a fresh SQLite store in the test's own directory."""
+    return {
+        "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.checkpoint_dir": str(tmp_path / "checkpoints"),
+        "tracking.experiment": "tests",
+    }
+
+
+def compose_config(*overrides: str, **named: object) -> dict:
+    """The resolved config the CLI would see for these overrides (plus ``key=value`` keywords)."""
+    items = [*overrides, *(f"{k}={v}" for k, v in named.items()), "progress=false"]
+    with initialize_config_module("fluxbench.conf", version_base="1.3"):
+        return OmegaConf.to_container(compose("config", items), resolve=True)
+
+
+@pytest.fixture
+def make_config(store):
+    def make(*overrides: str, **named: object) -> dict:
+        return compose_config(*overrides, *(f"{k}={v}" for k, v in store.items()), **named)
+
+    return make
