@@ -1,0 +1,226 @@
+"""Training augmentations that work on whole batches of tensors, on the CPU or the GPU.
+
+Images come out of the decode-once cache as tensors, so augmentation is a few tensor
+ops per batch instead of PIL work per sample. The ops follow torchvision's definitions:
+
+- ``pad_crop``: ``RandomCrop(size, padding)`` of the CIFAR recipes (zero padding, random offset);
+- ``random_resized_crop``: ``RandomResizedCrop(size, scale, ratio)`` (ten tries per sample to
+  draw an area and aspect ratio that fit, else the central crop), resampled bilinearly
+  through one ``grid_sample`` for the whole batch;
+- ``horizontal_flip``: ``RandomHorizontalFlip(p)``.
+
+Random numbers come from torch's global CPU generator (the protocol seeds it) and are
+moved to the batch's device, so a seed gives the same augmentation on CPU and GPU.
+What differs from torchvision: crops are drawn from the cached (already centre-cropped)
+image rather than the original file, and resampling uses no antialiasing (with the
+default ``size``, the input size, crops are only ever enlarged, where antialiasing does
+nothing; then the pixels equal cutting out the crop and ``F.interpolate`` bilinear).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fluxbench.errors import ConfigError
+from fluxbench.streams.experience import BatchTransform
+
+
+def _check_batch(x: torch.Tensor) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"batch transforms take (N, C, H, W) tensors, got shape {tuple(x.shape)}")
+
+
+def _flips(n: int, p: float) -> torch.Tensor:
+    """Which of ``n`` images to mirror, drawn from the global CPU generator."""
+    return torch.rand(n) < p
+
+
+@dataclass(frozen=True)
+class PadCrop:
+    """Zero-pad by ``padding`` on every side, then crop the original size at a random offset per image.
+
+    ``flip`` mirrors each output with that probability in the same gather (no extra pass).
+    """
+
+    padding: int = 4
+    flip: float = 0.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        _check_batch(x)
+        n, _, h, w = x.shape
+        offsets = torch.randint(0, 2 * self.padding + 1, (2, n))
+        cols = torch.arange(w).expand(n, w)
+        if self.flip > 0:
+            cols = torch.where(_flips(n, self.flip)[:, None], cols.flip(1), cols)
+        offsets, cols = offsets.to(x.device), cols.to(x.device)
+        padded = F.pad(x, [self.padding] * 4) if self.padding else x
+        rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (n, h)
+        cols = offsets[1, :, None] + cols  # (n, w)
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
+        return out.permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class HorizontalFlip:
+    """Mirror each image left-right with probability ``p``."""
+
+    p: float = 0.5
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        _check_batch(x)
+        flip = _flips(len(x), self.p).to(x.device)
+        out = x.clone()
+        out[flip] = x[flip].flip(3)
+        return out
+
+
+@dataclass(frozen=True)
+class RandomResizedCrop:
+    """A random area (``scale`` of the image) and aspect ratio (``ratio``) per image, resized to ``size``.
+
+    ``flip`` mirrors each output with that probability inside the same resampling (no extra pass).
+    """
+
+    size: int | None = None
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.0
+    attempts: int = 10
+
+    def boxes(self, n: int, h: int, w: int) -> torch.Tensor:
+        """``(n, 4)`` crop boxes ``(top, left, height, width)`` by torchvision's sampling rule."""
+        area = torch.empty(n, self.attempts).uniform_(*self.scale) * (h * w)
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        aspect = torch.exp(torch.empty(n, self.attempts).uniform_(*log_ratio))
+        cw = torch.round(torch.sqrt(area * aspect))
+        ch = torch.round(torch.sqrt(area / aspect))
+        fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+        first = fits.to(torch.int8).argmax(dim=1)
+        pick = torch.arange(n)
+        cw, ch, found = cw[pick, first], ch[pick, first], fits.any(dim=1)
+        fw, fh = self._fallback(h, w)
+        cw, ch = torch.where(found, cw, fw), torch.where(found, ch, fh)
+        u = torch.rand(2, n)
+        top = torch.where(found, torch.floor(u[0] * (h - ch + 1)), torch.div(h - ch, 2, rounding_mode="floor"))
+        left = torch.where(found, torch.floor(u[1] * (w - cw + 1)), torch.div(w - cw, 2, rounding_mode="floor"))
+        return torch.stack([top, left, ch, cw], dim=1)
+
+    def _fallback(self, h: int, w: int) -> tuple[float, float]:
+        """The central crop torchvision uses when no draw fits: the largest box within ``ratio``."""
+        in_ratio = w / h
+        if in_ratio < self.ratio[0]:
+            return float(w), float(round(w / self.ratio[0]))
+        if in_ratio > self.ratio[1]:
+            return float(round(h * self.ratio[1])), float(h)
+        return float(w), float(h)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        _check_batch(x)
+        n, _, h, w = x.shape
+        size = self.size or h
+        top, left, ch, cw = self.boxes(n, h, w).to(torch.float32).unbind(1)
+        # sampling positions in grid_sample's [-1, 1] input coordinates (align_corners=False): the
+        # crop is axis-aligned, so the grid is an outer sum of one row and one column per image
+        steps = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1  # output pixel centres
+        mirror = torch.where(_flips(n, self.flip), -1.0, 1.0) if self.flip > 0 else torch.ones(n)
+        gx = (mirror * cw / w)[:, None] * steps + ((2 * left + cw) / w - 1)[:, None]  # (n, size)
+        gy = (ch / h)[:, None] * steps + ((2 * top + ch) / h - 1)[:, None]
+        # keep samples within the crop's first and last pixel centres, as resizing the cut-out crop does
+        gx = gx.clamp(min=((2 * left + 1) / w - 1)[:, None], max=((2 * (left + cw) - 1) / w - 1)[:, None])
+        gy = gy.clamp(min=((2 * top + 1) / h - 1)[:, None], max=((2 * (top + ch) - 1) / h - 1)[:, None])
+        work = x if x.is_floating_point() else x.float()
+        gx, gy = gx.to(device=x.device, dtype=work.dtype), gy.to(device=x.device, dtype=work.dtype)
+        grid = torch.stack([gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)], dim=3)
+        out = F.grid_sample(work, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if not x.is_floating_point():
+            out = out.round_().clamp_(0, torch.iinfo(x.dtype).max).to(x.dtype)
+        return out
+
+
+@dataclass(frozen=True)
+class Compose:
+    """Apply ``steps`` in order."""
+
+    steps: tuple[BatchTransform, ...]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+def _pair(value: Any, name: str, low: float, high: float) -> tuple[float, float]:
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+        raise ConfigError(f"augment {name} must be a pair [low, high], got {value!r}")
+    a, b = float(value[0]), float(value[1])
+    if not low < a <= b <= high:
+        raise ConfigError(f"augment {name} must satisfy {low} < low <= high <= {high}, got {value!r}")
+    return a, b
+
+
+def _pad_crop(opts: Any) -> PadCrop:
+    padding = opts.get("padding", 4) if isinstance(opts, Mapping) else opts
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ConfigError(f"augment pad_crop needs a padding >= 0 (e.g. {{padding: 4}}), got {opts!r}")
+    return PadCrop(padding)
+
+
+def _random_resized_crop(opts: Any) -> RandomResizedCrop:
+    opts = {} if opts is True else opts
+    if not isinstance(opts, Mapping) or set(opts) - {"size", "scale", "ratio"}:
+        raise ConfigError(f"augment random_resized_crop takes {{size, scale, ratio}}, got {opts!r}")
+    size = opts.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise ConfigError(f"augment random_resized_crop size must be a positive integer, got {size!r}")
+    scale = _pair(opts.get("scale", (0.08, 1.0)), "random_resized_crop.scale", 0.0, 1.0)
+    ratio = _pair(opts.get("ratio", (3 / 4, 4 / 3)), "random_resized_crop.ratio", 0.0, math.inf)
+    return RandomResizedCrop(size, scale, ratio)
+
+
+def _horizontal_flip(opts: Any) -> HorizontalFlip:
+    p = 0.5 if opts is True else opts
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ConfigError(f"augment horizontal_flip is a probability in [0, 1] (or true for 0.5), got {opts!r}")
+    return HorizontalFlip(float(p))
+
+
+_KNOWN = ("pad_crop", "random_resized_crop", "horizontal_flip")
+
+
+def build_batch_transform(augment: Mapping[str, Any] | None) -> BatchTransform | None:
+    """The batched training transform an ``augment`` config describes; ``None`` or ``{}`` gives ``None``.
+
+    Steps run in a fixed order (pad_crop, random_resized_crop, horizontal_flip) whatever
+    the order of the keys.
+
+    Example: ``{random_resized_crop: {scale: [0.08, 1.0]}, horizontal_flip: 0.5}`` (ImageNet-R
+    recipes) or ``{pad_crop: {padding: 4}, horizontal_flip: 0.5}`` (CIFAR recipes). A key set
+    to ``null`` or ``false`` is off.
+    """
+    if not augment:
+        return None
+    if not isinstance(augment, Mapping):
+        raise ConfigError(f"augment must be a mapping like {{horizontal_flip: 0.5}}, got {augment!r}")
+    unknown = sorted(set(augment) - set(_KNOWN))
+    if unknown:
+        raise ConfigError(f"unknown augment {unknown}; known: {', '.join(_KNOWN)}")
+    on = {key: augment[key] for key in _KNOWN if augment.get(key) not in (None, False)}
+    flip = _horizontal_flip(on["horizontal_flip"]) if "horizontal_flip" in on else None
+    steps: list[BatchTransform] = []
+    if "pad_crop" in on:
+        steps.append(_pad_crop(on["pad_crop"]))
+    if "random_resized_crop" in on:
+        steps.append(_random_resized_crop(on["random_resized_crop"]))
+    if flip is not None:
+        # the last crop mirrors in the same pass; a flip alone is its own step
+        steps[-1:] = [replace(steps[-1], flip=flip.p)] if steps else [flip]
+    if not steps:
+        return None
+    return steps[0] if len(steps) == 1 else Compose(tuple(steps))
