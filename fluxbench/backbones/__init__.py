@@ -52,4 +52,18 @@ def _small_cnn(cfg: dict, data_root: Path) -> FeatureBackbone:
     return FeatureBackbone(model, model.num_features, cfg.get("mean"), cfg.get("std"), recipe={"name": "small_cnn"})
 
 
+@register_backbone_kind("timm")
+def _timm(cfg: dict, data_root: Path) -> FeatureBackbone:
+    from fluxbench.backbones.loading import build_timm_backbone
+
+    return build_timm_backbone(cfg)
+
+
+@register_backbone_kind("open_clip")
+def _open_clip(cfg: dict, data_root: Path) -> FeatureBackbone:
+    from fluxbench.backbones.clip import build_clip_backbone
+
+    return build_clip_backbone(cfg)
+
+
 __all__ = ["FeatureBackbone", "build_backbone", "register_backbone_kind"]
