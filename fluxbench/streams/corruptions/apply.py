@@ -1,0 +1,95 @@
+"""Applying a corruption: to a batch of tensors, or to a whole :class:`ImageDataset`."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fluxbench.benchmarks.base import ImageDataset
+from fluxbench.errors import ConfigError, DataError
+from fluxbench.streams.corruptions.params import PARAM_SETS
+from fluxbench.streams.corruptions.registry import get_corruption
+
+
+def _check(images: torch.Tensor, severity: int, params: str) -> None:
+    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
+        raise ConfigError(f"corruption severity must be an integer 1..5, got {severity!r}")
+    if params not in PARAM_SETS:
+        raise ConfigError(f"corruption params must be one of {', '.join(PARAM_SETS)}, got {params!r}")
+    if not torch.is_floating_point(images) or images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise DataError(f"corrupt() needs float images (B, C, H, W) with C = 1 or 3, got {images.dtype} "
+                        f"{tuple(images.shape)}; use ImageDataset.to_tensors() or corrupt_dataset()")
+    if min(images.shape[-2:]) < 2:
+        raise DataError(f"corrupt() needs images of at least 2x2 pixels, got {tuple(images.shape[-2:])}")
+
+
+def corrupt(
+    images: torch.Tensor,
+    name: str,
+    severity: int,
+    seed: int | torch.Generator,
+    params: str = "imagenet",
+    frost_dir: str | Path | None = None,
+) -> torch.Tensor:
+    """Corrupt a batch ``(B, C, H, W)`` of floats in [0, 1] with ``name`` at ``severity`` (1..5).
+
+    ``seed`` (an int, or a generator on the images' device) fixes every random draw, so the
+    same call gives the same images on the same device type. ``params`` picks the ImageNet-C
+    (224 px) or CIFAR-10-C (32 px) table; ``frost_dir`` points frost at the original photos.
+    """
+    fn = get_corruption(name)
+    _check(images, severity, params)
+    if isinstance(seed, torch.Generator):
+        generator = seed
+        if generator.device.type != images.device.type:
+            raise ConfigError(f"the generator is on {generator.device}, the images on {images.device}; use one device")
+    else:
+        generator = torch.Generator(device=images.device).manual_seed(int(seed))
+    with torch.no_grad():
+        if name == "frost":
+            return fn(images, int(severity), generator, params, frost_dir=frost_dir)
+        return fn(images, int(severity), generator, params)
+
+
+def chunk_seed(seed: int, name: str, severity: int, chunk: int) -> int:
+    """The seed of one chunk of a dataset: chunks are independent, so any chunk can be recomputed alone."""
+    state = np.random.SeedSequence([int(seed), zlib.crc32(name.encode()), int(severity), int(chunk)])
+    return int(state.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """``(B, C, H, W)`` floats in [0, 1] -> ``(B, H, W, C)`` uint8, truncating like the generators' ``np.uint8``."""
+    pix = torch.floor(x.clamp(0, 1) * 255 + 1e-3).to(torch.uint8)
+    return pix.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def corrupt_dataset(
+    data: ImageDataset,
+    name: str,
+    severity: int,
+    seed: int,
+    params: str = "imagenet",
+    chunk_size: int = 256,
+    device: torch.device | str = "cpu",
+    frost_dir: str | Path | None = None,
+) -> ImageDataset:
+    """A corrupted copy of ``data`` (uint8, same labels; ids tagged ``<id>@<name>/<severity>``).
+
+    Images are corrupted in chunks of ``chunk_size``, chunk ``k`` seeded by
+    :func:`chunk_seed`; the result depends on ``seed`` and ``chunk_size``, not on the device
+    memory or on which other chunks were made.
+    """
+    get_corruption(name)
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+    out = np.empty_like(np.asarray(data.images))
+    for chunk, start in enumerate(range(0, len(data), chunk_size)):
+        part = np.ascontiguousarray(data.images[start:start + chunk_size])
+        x = torch.from_numpy(part).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        generator = torch.Generator(device=x.device).manual_seed(chunk_seed(seed, name, severity, chunk))
+        out[start:start + len(part)] = to_uint8(corrupt(x, name, severity, generator, params, frost_dir))
+    ids = np.array([f"{i}@{name}/{severity}" for i in data.ids])
+    return ImageDataset(out, np.asarray(data.labels), ids, f"{data.name}/{name}-{severity}", data.class_names)

@@ -1,0 +1,81 @@
+"""Digital corruptions: contrast, elastic transform, pixelate (JPEG lives in :mod:`.jpeg`).
+
+Ported from hendrycks/robustness ``make_imagenet_c.py`` / ``make_cifar_c.py`` (the
+generators of the released data; ``imagecorruptions`` re-parameterises elastic, we do
+not). Differences: OpenCV's ``warpAffine`` and scipy's ``map_coordinates`` become two
+``grid_sample`` calls with the same border rules (reflect-101, then half-sample
+symmetric); Pillow's ``BOX`` resampling is reproduced as matrices (``pil_box_matrix``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from fluxbench.streams.corruptions.ops import gaussian_filter, pil_box_matrix, uniform
+from fluxbench.streams.corruptions.params import severity_params
+from fluxbench.streams.corruptions.registry import register_corruption
+
+
+@register_corruption("contrast")
+def contrast(x: torch.Tensor, severity: int, generator: torch.Generator, params: str) -> torch.Tensor:
+    factor = severity_params("contrast", severity, params)
+    means = x.mean(dim=(2, 3), keepdim=True)
+    return ((x - means) * factor + means).clamp_(0, 1)
+
+
+def _random_affine(b: int, h: int, w: int, jitter: float, generator: torch.Generator) -> torch.Tensor:
+    """Inverse maps (B, 3, 3) of the generators' random affine: three points moved by U(-jitter, jitter)."""
+    cx, cy, side = w // 2, h // 2, min(h, w) // 3
+    src = torch.tensor([[cx + side, cy + side], [cx + side, cy - side], [cx - side, cy - side]],
+                       dtype=torch.float64, device=generator.device)
+    dst = src + uniform((b, 3, 2), -jitter, jitter, generator).double()
+    ones = torch.ones(3, 1, dtype=torch.float64, device=src.device)
+    forward = torch.linalg.solve(torch.cat([src, ones], 1), dst).transpose(1, 2)  # (B, 2, 3): dst = M @ [x, y, 1]
+    bottom = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64, device=src.device).expand(b, 1, 3)
+    return torch.linalg.inv(torch.cat([forward, bottom], 1))
+
+
+def _sample(x: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, centred_border: bool) -> torch.Tensor:
+    """Bilinear sampling at pixel coordinates; ``centred_border`` reflects about the edge pixels (reflect-101)."""
+    h, w = x.shape[-2:]
+    if centred_border:
+        grid = torch.stack([2 * sx / max(w - 1, 1) - 1, 2 * sy / max(h - 1, 1) - 1], dim=-1)
+    else:
+        grid = torch.stack([(2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1], dim=-1)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=centred_border)
+
+
+@register_corruption("elastic_transform")
+def elastic_transform(x: torch.Tensor, severity: int, generator: torch.Generator, params: str) -> torch.Tensor:
+    alpha, sigma, jitter = severity_params("elastic_transform", severity, params)
+    b, _, h, w = x.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float64),
+                            torch.arange(w, device=x.device, dtype=torch.float64), indexing="ij")
+    inverse = _random_affine(b, h, w, jitter, generator)
+    points = torch.stack([xs, ys, torch.ones_like(xs)], 0).view(1, 3, h * w)
+    src = torch.matmul(inverse, points)  # (B, 3, H*W)
+    x = _sample(x, src[:, 0].view(b, h, w), src[:, 1].view(b, h, w), centred_border=True)
+    noise = uniform((2, b, h, w), -1, 1, generator)
+    dx, dy = (gaussian_filter(noise, sigma, mode="symmetric", truncate=3) * alpha).double()
+    return _sample(x, xs + dx, ys + dy, centred_border=False).clamp_(0, 1)
+
+
+@lru_cache(maxsize=32)
+def _pixelate_matrices(n: int, factor: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    small = max(int(n * factor), 1)
+    down = torch.as_tensor(pil_box_matrix(n, small), dtype=torch.float32, device=device)
+    up = torch.as_tensor(pil_box_matrix(small, n), dtype=torch.float32, device=device)
+    return down, up
+
+
+@register_corruption("pixelate")
+def pixelate(x: torch.Tensor, severity: int, generator: torch.Generator, params: str) -> torch.Tensor:
+    factor = severity_params("pixelate", severity, params)
+    h, w = x.shape[-2:]
+    down_h, up_h = _pixelate_matrices(h, factor, str(x.device))
+    down_w, up_w = _pixelate_matrices(w, factor, str(x.device))
+    small = torch.matmul(torch.matmul(down_h.to(x.dtype), x), down_w.T.to(x.dtype))
+    return torch.matmul(torch.matmul(up_h.to(x.dtype), small), up_w.T.to(x.dtype)).clamp_(0, 1)

@@ -1,0 +1,54 @@
+"""The corruption registry: name -> batched function.
+
+A corruption is registered with ``@register_corruption("name")`` and is called as::
+
+    fn(x: Tensor, severity: int, generator: torch.Generator, params: str) -> Tensor
+
+``x`` is ``(B, C, H, W)`` float in [0, 1] with ``C`` 1 or 3, on the generator's device;
+``severity`` is 1..5; ``params`` names the parameter table (``"imagenet"`` or
+``"cifar"``, see :mod:`.params`). The result has the shape of ``x`` and lies in [0, 1].
+All randomness comes from ``generator``, so a seed fixes the output (per device type).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+
+import torch
+
+Corruption = Callable[[torch.Tensor, int, torch.Generator, str], torch.Tensor]
+
+# The standard order of ImageNet-C, CIFAR-10-C and imagecorruptions.get_corruption_names()
+CORRUPTIONS: tuple[str, ...] = (
+    "gaussian_noise", "shot_noise", "impulse_noise",
+    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness",
+    "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)
+
+_CORRUPTIONS: dict[str, Corruption] = {}
+
+
+def register_corruption(name: str) -> Callable[[Corruption], Corruption]:
+    def wrap(fn: Corruption) -> Corruption:
+        if name in _CORRUPTIONS and _CORRUPTIONS[name] is not fn:
+            raise ValueError(f"corruption {name!r} is registered twice")
+        _CORRUPTIONS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_corruptions(pattern: str = "*") -> list[str]:
+    """Registered names matching ``pattern``: the standard 15 in their standard order, then any others sorted."""
+    names = [n for n in CORRUPTIONS if n in _CORRUPTIONS] + sorted(set(_CORRUPTIONS) - set(CORRUPTIONS))
+    return [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+def get_corruption(name: str) -> Corruption:
+    from fluxbench.errors import ConfigError
+
+    if name not in _CORRUPTIONS:
+        raise ConfigError(f"unknown corruption {name!r}; known: {', '.join(list_corruptions())}")
+    return _CORRUPTIONS[name]
