@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import yaml
+
 from fluxbench.methods.registry import validate_hyperparameters
 from fluxbench.protocols.execution import run_seed
 from fluxbench.protocols.progress import Progress
@@ -38,6 +40,7 @@ def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
         "data_fingerprint.evaluation": split.fingerprint(),
     })
     tracker.log_params(parent, flatten(cfg))
+    tracker.log_text(parent, yaml.safe_dump(cfg, sort_keys=False), "config.yaml")
     seeds = seeds_of(cfg)
     n_exp = len(scenario_of(cfg).experience_sizes(split.num_classes))
     results = []

@@ -47,6 +47,7 @@ def format_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]], metrics:
         cells.append(str(n))
         lines.append(cells)
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in lines]
+    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+           for row in lines]
     out.insert(1, "-" * len(out[0]))
     return "\n".join(out)

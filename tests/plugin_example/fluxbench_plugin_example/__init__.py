@@ -1,0 +1,1 @@
+"""An example fluxbench plug-in: a method that lives in its own package."""
