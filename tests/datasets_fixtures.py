@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 
 class Py2Pickler(pickle._Pickler):
     """Protocol-2 pickler that writes ``bytes`` as Python 2 ``str`` opcodes, like the CIFAR archives."""
@@ -81,7 +83,7 @@ def write_cifar10(data_root: Path, per_batch: int = 20, seed: int = 0) -> dict:
         batch, data = cifar_batch(rng, labels, b"labels")
         dump_py2(batch, folder / name)
         written["test" if name == "test_batch" else "train"].append((data, np.array(labels)))
-    names = [n.encode() for n in ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]]
+    names = [n.encode() for n in CIFAR10_NAMES]
     dump_py2({b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072}, folder / "batches.meta")
     return written
 
