@@ -95,8 +95,8 @@ def build_clip_backbone(cfg: dict[str, Any]) -> ClipBackbone:
     size = tuple(input_size) if isinstance(input_size, (tuple, list)) else (int(input_size),) * 2
     recipe = {"name": f"open_clip:{name}", "pretrained": tag, "weights": str(weights) if weights else None,
               "input_size": [3, *size], "interpolation": "bicubic", "crop_pct": 1.0}
-    backbone = ClipBackbone(clip, open_clip.get_tokenizer(name), cfg.get("mean"), cfg.get("std"),
-                            recipe)
+    tokenizer = open_clip.get_tokenizer(name, context_length=getattr(clip, "context_length", None))
+    backbone = ClipBackbone(clip, tokenizer, cfg.get("mean"), cfg.get("std"), recipe)
     backbone.transform = ResizeCrop(size, "bicubic", 1.0)
     return backbone
 

@@ -115,7 +115,7 @@ def attach_adapter(
     if input == "residual":
         norm, identity = getattr(block, norm_name), nn.Identity()
         setattr(block, norm_name, identity)
-    wrapper = ParallelAdapter(sublayer, adapter, norm)
+    wrapper = ParallelAdapter(sublayer, adapter, norm).train(sublayer.training)
     setattr(owner, name, wrapper)
 
     def undo() -> None:

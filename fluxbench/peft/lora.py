@@ -200,11 +200,11 @@ def _weight(block: nn.Module, path: str, tensor: str | None) -> torch.Tensor:
 def _install(block: nn.Module, path: str, tensor: str | None, lora: LoRA) -> Callable[[], None]:
     owner, name = owner_of(block, path)
     if tensor is None:
-        wrapper = LoRALinear(getattr(owner, name), lora)
+        wrapper = LoRALinear(getattr(owner, name), lora).train(getattr(owner, name).training)
         setattr(owner, name, wrapper)
         return lambda: replace_ref(block, wrapper, wrapper.wrapped)
     module = innermost(getattr(owner, name))
-    param = LoRAParametrization(lora)
+    param = LoRAParametrization(lora).train(module.training)
     parametrize.register_parametrization(module, tensor, param)
 
     def undo() -> None:

@@ -173,6 +173,6 @@ def attach_prefix(
     owner, name = owner_of(block, layout.attn, through_wrappers=True)
     attn = getattr(owner, name)
     cls = TimmPrefixAttention if layout.library == "timm" else MultiheadPrefixAttention
-    wrapper = cls(attn, prefix.to(next(attn.parameters()).device))
+    wrapper = cls(attn, prefix.to(next(attn.parameters()).device)).train(attn.training)
     setattr(owner, name, wrapper)
     return Attachment({layout.attn: prefix}, lambda: replace_ref(block, wrapper, wrapper.wrapped))

@@ -85,6 +85,6 @@ def _wrap_block(tower: Tower, index: int, insert: Prompt | None, owner: Prompt, 
     wrapper = PromptBlock(container[index], insert, owner, tower.num_prefix_tokens, drop)
     if insert is not None:
         insert.to(next(container[index].parameters()).device)
-    container[index] = wrapper
+    container[index] = wrapper.train(container[index].training)
     modules = {"prompt": insert} if insert is not None else {}
     return Attachment(modules, lambda: replace_ref(container, wrapper, wrapper.wrapped))
