@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import os
 import pickle
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -114,17 +115,57 @@ def check_weight_file(weights: str | Path, model_name: str, repo: str | None = N
 
 
 def create_timm_model(model_name: str, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` with weights from ``weights`` (a local file); no file means random init."""
+    """``timm.create_model`` with weights from ``weights`` (a local file); no file means random init.
+
+    The file must fill every tensor of the model except its classifier (a head of a different size,
+    or none with ``num_classes=0``, is left as built); anything else is a :class:`DataError`.
+    """
     _check_timm_name(model_name)
+    model = timm.create_model(model_name, pretrained=False, **kwargs)
     if weights is None:
-        return timm.create_model(model_name, pretrained=False, **kwargs)
+        return model
     path = check_weight_file(weights, model_name)
-    overlay = dict(file=str(path), custom_load=path.suffix == ".npz")
     try:
-        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        _load_into(model, path)
     except LOAD_ERRORS as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"weight file {path} does not load into {model_name}: {first[:300]}") from err
+    return model
+
+
+def _load_into(model: nn.Module, path: Path) -> None:
+    """Load ``path`` with timm's readers: its JAX ``.npz`` loader, or its state-dict reader and the
+    architecture's own ``checkpoint_filter_fn`` (key renames, position-embedding resizing)."""
+    if path.suffix == ".npz":
+        if not hasattr(model, "load_pretrained"):
+            raise ValueError(f"{type(model).__name__} cannot read .npz checkpoints")
+        model.load_pretrained(str(path))
+        return
+    state = timm.models.load_state_dict(str(path))
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    own = model.state_dict()
+    heads = _classifier_prefixes(model)
+    for key in [k for k in state if k.startswith(heads)]:
+        if key not in own or own[key].shape != state[key].shape:
+            del state[key]  # a pre-training head the model does not have (or of another size)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(heads)]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"tensors do not match the model: missing {_few(missing)}, "
+                         f"unexpected {_few(result.unexpected_keys)}")
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or ()
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{n}." for n in names) or ("head.",)
+
+
+def _few(keys: Sequence[str]) -> str:
+    return "none" if not keys else ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
 
 def build_timm_backbone(cfg: dict[str, Any]) -> FeatureBackbone:
@@ -185,7 +226,7 @@ class ResizeCrop:
 def _check_timm_name(model_name: str) -> None:
     arch = model_name.split(".", 1)[0]
     if timm.is_model(arch):
-        if "." in model_name and timm.models.get_pretrained_cfg(model_name) is None:
+        if "." in model_name and model_name not in timm.list_pretrained(f"{arch}.*"):
             tags = timm.list_pretrained(f"{arch}.*")
             raise ConfigError(f"timm has no pretrained tag {model_name!r}; known: {', '.join(tags) or 'none'}")
         return
