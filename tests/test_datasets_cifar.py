@@ -106,7 +106,7 @@ def test_class_range_beyond_the_data_is_refused(cifar100_root):
 
 
 def test_missing_data_root_and_missing_folder(tmp_path):
-    with pytest.raises(DataError, match="data_root .*nowhere does not exist"):
+    with pytest.raises(DataError, match=r"data_root .*nowhere does not exist; .*cifar-100-python/ .*kriz/cifar"):
         load_dataset({"dataset": "cifar100"}, tmp_path / "nowhere")
     with pytest.raises(DataError, match=r"cifar-10-batches-py.*cifar-10-python.tar.gz.*www.cs.toronto.edu"):
         load_dataset({"dataset": "cifar10"}, tmp_path)

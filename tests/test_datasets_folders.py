@@ -143,7 +143,7 @@ def test_unreadable_image_names_the_file_and_leaves_nothing(imagenet_r, own_cach
 
 
 def test_missing_data_root_and_dataset_folders(tmp_path):
-    with pytest.raises(DataError, match="data_root .*absent does not exist"):
+    with pytest.raises(DataError, match=r"data_root .*absent does not exist; .*imagenet-r/<wnid>.*hendrycks"):
         read(tmp_path / "absent")
     with pytest.raises(DataError, match=r"imagenet-r does not exist; expected imagenet-r/<wnid>/<image>.*hendrycks"):
         read(tmp_path)

@@ -28,7 +28,8 @@ _URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 def _dataset_dir(data_root: Path, folder: str, archive: str) -> Path:
     if not data_root.is_dir():
-        raise DataError(f"data_root {data_root} does not exist; set data_root to the folder that holds {folder}/")
+        raise DataError(f"data_root {data_root} does not exist; set data_root to the folder that holds {folder}/ "
+                        f"(extracted from {archive}, {_URL})")
     path = data_root / folder
     if not path.is_dir():
         raise DataError(

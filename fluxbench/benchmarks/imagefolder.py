@@ -37,7 +37,8 @@ TEST_FRACTION = 0.2
 def dataset_dir(data_root: Path, folder: str, layout: str, source: str) -> Path:
     """``data_root/folder``, or a :class:`DataError` naming the expected layout and where to get the data."""
     if not data_root.is_dir():
-        raise DataError(f"data_root {data_root} does not exist; set data_root to the folder that holds {folder}/")
+        raise DataError(f"data_root {data_root} does not exist; set data_root to the folder that holds {layout} "
+                        f"(published at {source})")
     path = data_root / folder
     if not path.is_dir():
         raise DataError(f"{path} does not exist; expected {layout} (published at {source})")

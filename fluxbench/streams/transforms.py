@@ -85,6 +85,8 @@ class HorizontalFlip:
 class RandomResizedCrop:
     """A random area (``scale`` of the image) and aspect ratio (``ratio``) per image, resized to ``size``.
 
+    ``size`` (square) defaults to the input height.
+
     ``flip`` mirrors each output with that probability inside the same resampling (no extra pass).
     """
 
