@@ -4,7 +4,7 @@ The generators round-trip each image through Pillow (``save(..., "JPEG", quality
 Here the lossy steps of that codec run batched on tensors: JFIF RGB->YCbCr, chroma
 averaged over 2x2, level shift, 8x8 DCT-II, quantisation with the Annex K tables scaled
 by libjpeg's ``jpeg_quality_scaling`` (baseline: clamped to 255), then the inverse path
-with libjpeg's "fancy" (triangle) chroma upsampling. Entropy coding is lossless, so it is
+with libjpeg's "fancy" (triangle) chroma upsampling in its integer arithmetic. Entropy coding is lossless, so it is
 skipped. Differences from Pillow: float DCT instead of libjpeg's integer ``islow`` DCT and
 slightly different rounding, so a few pixels differ by a level or two (tested against
 Pillow). One-channel images are coded as grayscale JPEG (luma only).
@@ -75,6 +75,17 @@ def _ycbcr_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
     return torch.stack([r, g, b], 1).round_().clamp_(0, 255)
 
 
+def fancy_upsample(plane: torch.Tensor) -> torch.Tensor:
+    """libjpeg's ``h2v2_fancy_upsample``: a 3:1 triangle filter in each direction, in its integer arithmetic."""
+    above = torch.cat([plane[..., :1, :], plane[..., :-1, :]], -2)
+    below = torch.cat([plane[..., 1:, :], plane[..., -1:, :]], -2)
+    rows = torch.stack([3 * plane + above, 3 * plane + below], -2).flatten(-3, -2)
+    left = torch.cat([rows[..., :1], rows[..., :-1]], -1)
+    right = torch.cat([rows[..., 1:], rows[..., -1:]], -1)
+    even, odd = torch.floor((3 * rows + left + 8) / 16), torch.floor((3 * rows + right + 7) / 16)
+    return torch.stack([even, odd], -1).flatten(-2)
+
+
 def jpeg_roundtrip(x: torch.Tensor, quality: int) -> torch.Tensor:
     """Encode and decode ``(B, C, H, W)`` images in [0, 1] (C = 1 or 3) as baseline JPEG at ``quality``."""
     b, c, h, w = x.shape
@@ -88,7 +99,7 @@ def jpeg_roundtrip(x: torch.Tensor, quality: int) -> torch.Tensor:
     chroma = torch.round(F.avg_pool2d(ycc[:, 1:], 2))
     hh, ww = chroma.shape[-2:]
     chroma = _code_plane(chroma.reshape(b * 2, 1, hh, ww), chroma_table).view(b, 2, hh, ww)
-    chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)
+    chroma = fancy_upsample(chroma)
     rgb = _ycbcr_to_rgb(torch.cat([luma, chroma], 1))
     return (rgb[..., :h, :w] / 255).clamp_(0, 1)
 
