@@ -120,6 +120,14 @@ def test_cache_key_follows_files_and_size(imagenet_r, tmp_path):
     assert not decode_images(files, rule).hit
 
 
+def test_cached_images_are_copy_on_write(imagenet_r):
+    files = sorted((imagenet_r / "imagenet-r" / "n01494475").glob("*.jpg"))
+    first = decode_images(files, ResizeRule(16)).images
+    expected = np.array(first)
+    first[:] = 0  # a method scribbling on its data must not damage the cache
+    np.testing.assert_array_equal(decode_images(files, ResizeRule(16)).images, expected)
+
+
 def test_damaged_cache_file_is_rebuilt(imagenet_r):
     files = sorted((imagenet_r / "imagenet-r" / "n01443537").glob("*.jpg"))
     built = decode_images(files, ResizeRule(16))

@@ -70,7 +70,7 @@ class ResizeRule:
 
 @dataclass(frozen=True)
 class CachedImages:
-    """The decoded images (a read-only memory map), the cache file, and whether it already existed."""
+    """Decoded images (a copy-on-write memory map: writes never reach the file), its path, and whether it was a hit."""
 
     images: np.ndarray
     path: Path
@@ -122,7 +122,7 @@ def decode_images(
         return CachedImages(cached, path, hit=True)
     _build(files, rule, path, shape, workers)
     _STATS["misses"] += 1
-    return CachedImages(np.load(path, mmap_mode="r"), path, hit=False)
+    return CachedImages(np.load(path, mmap_mode="c"), path, hit=False)
 
 
 def _safe(name: str) -> str:
@@ -134,7 +134,7 @@ def _open(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     if not path.is_file():
         return None
     try:
-        images = np.load(path, mmap_mode="r")
+        images = np.load(path, mmap_mode="c")
     except (OSError, ValueError):
         images = None
     if images is None or images.shape != shape or images.dtype != np.uint8:
