@@ -63,6 +63,18 @@ def register_plugin_configs() -> None:
             store.store(group="method", name=name, node=OmegaConf.load(path))
 
 
+def prepare_store(overrides: list[str]) -> None:
+    """Create (and migrate) the tracking store once, before parallel jobs race to do it."""
+    from hydra import compose, initialize_config_module
+
+    from fluxbench.tracking import Tracker
+
+    fixed = [o for o in overrides if not o.startswith("-") and "," not in o.partition("=")[2]]
+    with initialize_config_module("fluxbench.conf", version_base="1.3"):
+        tracking = compose("config", [o for o in fixed if o.startswith("tracking")]).tracking
+    Tracker(tracking.uri, tracking.experiment)
+
+
 def run_command(args: list[str]) -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
@@ -71,14 +83,18 @@ def run_command(args: list[str]) -> None:
 
     check_group_choices([a for a in args if not a.startswith("-")])
     register_plugin_configs()
+    if "-m" in args or "--multirun" in args:
+        prepare_store(args)
 
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
+        from fluxbench.methods.registry import validate_hyperparameters
         from fluxbench.protocols import get_protocol
         from fluxbench.tracking import Tracker
 
         try:
             resolved = OmegaConf.to_container(cfg, resolve=True)
+            validate_hyperparameters(resolved["method"])  # before touching the store
             tracker = Tracker(resolved["tracking"]["uri"], resolved["tracking"]["experiment"])
             get_protocol(resolved["protocol"]["name"])(resolved, tracker)
         except FluxbenchError as err:
@@ -108,6 +124,7 @@ def methods_command(args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fluxbench never downloads at run time
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for noisy in ("timm", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if not argv or argv[0] in ("-h", "--help"):

@@ -12,11 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience, EagerCLStream
-from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
-from avalanche.core import SupervisedPlugin
-from avalanche.training.plugins import EvaluationPlugin
-from avalanche.training.supervised import EWC, LwF, Naive, Replay  # Naive: the base strategy
 from torch import nn
 
 from fluxbench.methods.base import ClassifierModel, check_finite, check_range
@@ -25,26 +20,33 @@ from fluxbench.methods.training import SupervisedMethod, TrainingHparams, make_o
 from fluxbench.streams.experience import Experience
 
 
-class _FluxbenchHooks(SupervisedPlugin):
-    """Applies the stream's batched train transform and stops on a diverging loss."""
+def _fluxbench_hooks():
+    """An avalanche plugin that applies the stream's batched train transform and stops on a diverging loss.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.transform = None
-        self.where = ""
+    Built on first use: importing avalanche takes seconds, and listing methods should not.
+    """
+    from avalanche.core import SupervisedPlugin
 
-    def before_forward(self, strategy, **kwargs) -> None:
-        if self.transform is not None:
-            strategy.mbatch[0] = self.transform(strategy.mbatch[0])
+    class FluxbenchHooks(SupervisedPlugin):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transform = None
+            self.where = ""
 
-    def before_backward(self, strategy, **kwargs) -> None:
-        check_finite(strategy.loss, self.where)
+        def before_forward(self, strategy, **kwargs) -> None:
+            if self.transform is not None:
+                strategy.mbatch[0] = self.transform(strategy.mbatch[0])
+
+        def before_backward(self, strategy, **kwargs) -> None:
+            check_finite(strategy.loss, self.where)
+
+    return FluxbenchHooks()
 
 
 class AvalancheMethod(SupervisedMethod):
     """Base for avalanche strategies; subclasses name the strategy and its extra arguments."""
 
-    strategy_class: type = Naive
+    strategy_name = "Naive"  # a class in avalanche.training.supervised
 
     def strategy_kwargs(self) -> dict[str, Any]:
         return {}
@@ -52,8 +54,11 @@ class AvalancheMethod(SupervisedMethod):
     def __init__(self, hparams: TrainingHparams, ctx) -> None:
         super().__init__(hparams, ctx)
         self.model = ClassifierModel(ctx.build_backbone(), ctx.num_classes).to(ctx.device)
-        self._hooks = _FluxbenchHooks()
-        self.strategy = self.strategy_class(
+        from avalanche.training import supervised
+        from avalanche.training.plugins import EvaluationPlugin
+
+        self._hooks = _fluxbench_hooks()
+        self.strategy = getattr(supervised, self.strategy_name)(
             model=self.model,
             optimizer=make_optimizer(self.model.parameters(), hparams),
             criterion=nn.CrossEntropyLoss(),
@@ -67,6 +72,9 @@ class AvalancheMethod(SupervisedMethod):
         )
 
     def train_experience(self, exp: Experience) -> None:
+        from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience, EagerCLStream
+        from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+
         self.num_seen.fill_(exp.num_seen_classes)
         x, y = exp.tensors("train")
         data = _make_taskaware_tensor_classification_dataset(x, y)
@@ -92,7 +100,7 @@ class AvalancheEWC(AvalancheMethod):
     """Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networks" (PNAS 2017)."""
 
     Hparams = EWCHparams
-    strategy_class = EWC
+    strategy_name = "EWC"
 
     def strategy_kwargs(self) -> dict[str, Any]:
         return {"ewc_lambda": self.hparams.ewc_lambda, "mode": "separate"}
@@ -114,7 +122,7 @@ class AvalancheLwF(AvalancheMethod):
     """Li & Hoiem, "Learning without Forgetting" (TPAMI 2017)."""
 
     Hparams = LwFHparams
-    strategy_class = LwF
+    strategy_name = "LwF"
 
     def strategy_kwargs(self) -> dict[str, Any]:
         return {"alpha": self.hparams.alpha, "temperature": self.hparams.temperature}
@@ -134,7 +142,7 @@ class AvalancheReplay(AvalancheMethod):
     """Experience replay with a class-balanced buffer (avalanche's ``Replay``)."""
 
     Hparams = ReplayHparams
-    strategy_class = Replay
+    strategy_name = "Replay"
 
     def strategy_kwargs(self) -> dict[str, Any]:
         return {"mem_size": self.hparams.mem_size}
