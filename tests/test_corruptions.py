@@ -229,6 +229,16 @@ def test_motion_kernel_smears_along_the_angle():
     assert np.allclose(up[2:9, 10].flip(0).numpy(), taps, atol=1e-6)
 
 
+def test_motion_filter_shifts_equal_the_fft_path():
+    """The CPU path sums shifted views; GPUs use the FFT of the same kernels: the two must agree."""
+    x = torch.rand(3, 2, 20, 17, generator=torch.Generator().manual_seed(0))
+    angles = torch.tensor([-44.0, 7.5, 100.0])
+    for radius, sigma in ((3, 1.0), (12, 8.0)):  # the second runs past the 17 px border
+        kernels = ops.motion_kernels(radius, sigma, angles, 20, 17)
+        assert torch.allclose(ops.motion_filter(x, radius, sigma, angles), ops.fft_filter(x, kernels, "nearest"),
+                              atol=1e-5)
+
+
 @pytest.mark.parametrize("centred, scipy_mode", [(True, "mirror"), (False, "reflect")])
 def test_elastic_sampling_matches_map_coordinates(centred, scipy_mode):
     rng = np.random.default_rng(3)

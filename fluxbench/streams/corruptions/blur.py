@@ -23,7 +23,7 @@ from fluxbench.streams.corruptions.ops import (
     fft_filter,
     filter_matrix,
     gaussian_filter,
-    motion_kernels,
+    motion_filter,
     uniform,
     zoom_crop,
 )
@@ -82,14 +82,14 @@ def glass_blur(x: torch.Tensor, severity: int, generator: torch.Generator, param
 def motion_blur(x: torch.Tensor, severity: int, generator: torch.Generator, params: str) -> torch.Tensor:
     radius, sigma = severity_params("motion_blur", severity, params)
     angles = uniform((x.shape[0],), -45, 45, generator)
-    kernels = motion_kernels(radius, sigma, angles, *x.shape[-2:]).to(x.dtype)
-    return fft_filter(x, kernels, "nearest").clamp_(0, 1)
+    return motion_filter(x, radius, sigma, angles).clamp_(0, 1)
 
 
 @register_corruption("zoom_blur")
 def zoom_blur(x: torch.Tensor, severity: int, generator: torch.Generator, params: str) -> torch.Tensor:
     zooms = severity_params("zoom_blur", severity, params)
+    x = x.contiguous(memory_format=torch.channels_last)  # CPU bilinear resizing is about 2x faster this way
     out = x.clone()
     for zoom in zooms:
         out += zoom_crop(x, zoom)
-    return (out / (len(zooms) + 1)).clamp_(0, 1)
+    return (out / (len(zooms) + 1)).clamp_(0, 1).contiguous()

@@ -52,14 +52,13 @@ def _sample(x: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, centred_border:
 def elastic_transform(x: torch.Tensor, severity: int, generator: torch.Generator, params: str) -> torch.Tensor:
     alpha, sigma, jitter = severity_params("elastic_transform", severity, params)
     b, _, h, w = x.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float64),
-                            torch.arange(w, device=x.device, dtype=torch.float64), indexing="ij")
-    inverse = _random_affine(b, h, w, jitter, generator)
-    points = torch.stack([xs, ys, torch.ones_like(xs)], 0).view(1, 3, h * w)
-    src = torch.matmul(inverse, points)  # (B, 3, H*W)
+    ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype),
+                            torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij")
+    inverse = _random_affine(b, h, w, jitter, generator).to(x.dtype)
+    src = inverse[:, :2, :2] @ torch.stack([xs, ys], 0).view(1, 2, h * w) + inverse[:, :2, 2:]  # (B, 2, H*W)
     x = _sample(x, src[:, 0].view(b, h, w), src[:, 1].view(b, h, w), centred_border=True)
     noise = uniform((2, b, h, w), -1, 1, generator)
-    dx, dy = (gaussian_filter(noise, sigma, mode="symmetric", truncate=3) * alpha).double()
+    dx, dy = gaussian_filter(noise, sigma, mode="symmetric", truncate=3) * alpha
     return _sample(x, xs + dx, ys + dy, centred_border=False).clamp_(0, 1)
 
 

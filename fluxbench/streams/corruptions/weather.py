@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 
 from fluxbench.streams.corruptions.ops import (
-    fft_filter,
-    motion_kernels,
+    motion_filter,
     next_power_of_2,
     plasma_fractal,
     to_gray,
@@ -36,7 +35,7 @@ def snow(x: torch.Tensor, severity: int, generator: torch.Generator, params: str
     layer = zoom_crop(layer, zoom)
     layer = torch.where(layer < threshold, torch.zeros_like(layer), layer).clamp_(0, 1)
     angles = uniform((b,), -135, -45, generator)
-    layer = fft_filter(layer, motion_kernels(radius, sigma, angles, h, w).to(x.dtype), "nearest")
+    layer = motion_filter(layer, radius, sigma, angles)
     layer = torch.round(layer.clamp(0, 1) * 255) / 255
     x = keep * x + (1 - keep) * torch.maximum(x, to_gray(x) * 1.5 + 0.5)
     return (x + layer + torch.flip(layer, dims=(-2, -1))).clamp_(0, 1)
