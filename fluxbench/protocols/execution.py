@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,15 @@ def train_and_evaluate(
     return R
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory of this process, or its peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class Checkpoints:
     """Per-run checkpoint files, written atomically, removed when the run finishes."""
 
@@ -107,7 +117,8 @@ def run_seed(
         sizes = json.loads(done.data.tags["fluxbench.sizes"])
         if progress:
             progress(len(matrix))
-        return SeedResult(seed, matrix, sizes, summarize_matrix(matrix, sizes), done.info.run_id, skipped=True)
+        metrics = {**done.data.metrics, **summarize_matrix(matrix, sizes)}
+        return SeedResult(seed, matrix, sizes, metrics, done.info.run_id, skipped=True)
 
     seed_everything(seed)
     stream = build_stream(cfg, split, seed, dataset_name=split.train.name.split("/")[0])
@@ -138,12 +149,16 @@ def run_seed(
         if progress:
             progress(1)
 
+    started = time.perf_counter()
     try:
         R = train_and_evaluate(method, stream, ctx.device, start, matrix, after_experience)
-    except BaseException:
+    except BaseException as err:
+        tracker.set_tags(run, {"fluxbench.failure": f"{type(err).__name__}: {err}"})
         tracker.end(run, "FAILED")
         raise
     metrics = summarize_matrix(R, sizes)
+    metrics.update(wall_time_s=time.perf_counter() - started, peak_memory_mb=peak_memory_mb(ctx.device),
+                   **method.cost())
     tracker.log_metrics(run, {k: v for k, v in metrics.items() if not math.isnan(v)})
     tracker.log_matrix(run, R)
     tracker.set_tags(run, {"fluxbench.sizes": sizes})

@@ -15,8 +15,8 @@ LABELS = {"last_accuracy": "last acc", "avg_incremental_accuracy": "avg inc acc"
 def aggregate(per_seed: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """``{metric: {mean, std, ci95, n}}`` over seeds."""
     per_seed = list(per_seed)
-    names = per_seed[0].keys() if per_seed else []
-    return {name: mean_std_ci([m[name] for m in per_seed]) for name in names}
+    names = dict.fromkeys(name for m in per_seed for name in m)
+    return {name: mean_std_ci([m.get(name, math.nan) for m in per_seed]) for name in names}
 
 
 def flat_summary(agg: Mapping[str, Mapping[str, float]], prefix: str = "") -> dict[str, float]:
