@@ -66,8 +66,8 @@ def same_outputs(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> boo
 
 
 def timm_cfg(**extra) -> dict:
-    base = dict(kind="timm", model=TIMM_NAME, pretrained=True, weights=None, mean=None, std=None,
-                model_kwargs=SMALL_VIT)
+    base = {"kind": "timm", "model": TIMM_NAME, "pretrained": True, "weights": None, "mean": None, "std": None,
+            "model_kwargs": SMALL_VIT}
     base.update(extra)
     return base
 
@@ -131,7 +131,7 @@ def test_unknown_timm_names_and_tags_are_config_errors():
     with pytest.raises(ConfigError, match="vit_base_patch16_224"):
         build_backbone(dict(kind="timm", model="vit_base_patch16_244", pretrained=False))
     with pytest.raises(ConfigError, match="augreg_in21k"):
-        build_backbone(dict(kind="timm", model="vit_base_patch16_224.augreg_in22k", pretrained=True))
+        build_backbone({"kind": "timm", "model": "vit_base_patch16_224.augreg_in22k", "pretrained": True})
     with pytest.raises(ConfigError, match="unknown backbone kind"):
         build_backbone(dict(kind="timmm"))
 

@@ -120,8 +120,8 @@ def _resolve_clip_weights(name: str, tag: str | None, weights: str | None) -> Pa
     if found is None:
         raise DataError(
             f"no weights for {name} ({tag}): looked for {hf_cache_path(hub, CLIP_HUB_FILES[0])}; on a machine with "
-            f"internet access run `{fetch_command(hub, CLIP_HUB_FILES[0])}` and copy {hf_cache_dir()} here "
-            f"(or set backbone.weights=/path/to/{CLIP_HUB_FILES[0]})"
+            f"internet access run `{fetch_command(hub, CLIP_HUB_FILES[0])}`, then copy that machine's hub cache into "
+            f"{hf_cache_dir()} (or set backbone.weights=/path/to/{CLIP_HUB_FILES[0]})"
         )
     return found
 

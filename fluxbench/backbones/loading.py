@@ -90,8 +90,8 @@ def resolve_timm_weights(model_name: str, weights: str | Path | None = None) -> 
     if found is None:
         raise DataError(
             f"no weights for {model_name}: looked for {hf_cache_path(repo, files[0])}; on a machine with internet "
-            f"access run `{fetch_command(repo, files[0])}` and copy {hf_cache_dir()} here (or set "
-            f"backbone.weights=/path/{files[0]})"
+            f"access run `{fetch_command(repo, files[0])}`, then copy that machine's hub cache into "
+            f"{hf_cache_dir()} (or set backbone.weights=/path/{files[0]})"
         )
     return found
 
