@@ -1,6 +1,14 @@
-"""Readers for real on-disk data formats; each registers itself by name."""
+"""Readers for real on-disk data formats; each registers itself by name (explicit imports, no discovery)."""
 
-from fluxbench.benchmarks import digits  # noqa: F401  (registers "digits")
+from fluxbench.benchmarks import (  # noqa: F401  (each module registers its readers)
+    cifar,
+    cifar_c,
+    cub,
+    digits,
+    imagefolder,
+    imagenet100,
+    imagenet_c,
+)
 from fluxbench.benchmarks.base import DataSplit, ImageDataset, shared_samples
 from fluxbench.benchmarks.registry import list_datasets, load_dataset, register_dataset
 

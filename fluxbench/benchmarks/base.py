@@ -57,7 +57,7 @@ class ImageDataset:
         out = self.subset(keep)
         if not relabel:
             return out
-        mapping = np.full(int(max(classes.max(), self.labels.max())) + 1, -1, dtype=np.int64)
+        mapping = np.full(int(max(classes.max(), self.labels.max(initial=-1))) + 1, -1, dtype=np.int64)
         mapping[classes] = np.arange(len(classes))
         names = tuple(self.class_names[c] for c in classes) if self.class_names else ()
         return ImageDataset(out.images, mapping[out.labels], out.ids, self.name, names)
@@ -70,7 +70,7 @@ class ImageDataset:
     def sample_hashes(self) -> np.ndarray:
         """One 64-bit content hash per image (pixels and shape; not the label or the name)."""
         if "samples" not in self._hashes:
-            flat = np.ascontiguousarray(self.images).reshape(len(self), -1)
+            flat = np.ascontiguousarray(self.images).reshape(len(self), int(np.prod(self.images.shape[1:])))
             shape = repr(self.images.shape[1:]).encode()
             digests = [hashlib.blake2b(shape + row.tobytes(), digest_size=8).digest() for row in flat]
             self._hashes["samples"] = np.array([int.from_bytes(d, "little") for d in digests], dtype=np.uint64)
