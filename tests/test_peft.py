@@ -374,3 +374,34 @@ def _single_block_vit(block: nn.Module) -> nn.Module:
     holder.blocks = nn.Sequential(block)
     holder.num_prefix_tokens = 1
     return holder
+
+
+
+@pytest.mark.parametrize("family", ["timm", "open_clip"])
+def test_clone_with_gives_a_teacher_with_its_own_handle(family):
+    """ViDA-style: low- and high-rank LoRA on qkv and proj, a mean-teacher copy, scales set per model."""
+    run = Runner(family, "visual")
+    low = attach(run.model, "lora", targets=["qkv", "proj"], rank=1, init_std=1.0)
+    high = attach(run.model, "lora", targets=["qkv", "proj"], rank=4, init_std=1 / 16)
+    with torch.no_grad():
+        for param in [*low.parameters(), *high.parameters()]:
+            param.normal_(std=0.1)
+    student = run()
+    teacher = Runner(family, "visual")
+    teacher.model, teacher_low = low.clone_with(run.model)
+    torch.testing.assert_close(teacher(), student)
+    teacher_low.set_scale(0.0)  # the teacher's low-rank branch off, the student's on
+    assert (teacher() - student).abs().max() > 1e-4
+    torch.testing.assert_close(run(), student)
+    old = teacher_low.state()
+    with torch.no_grad():
+        for param in low.parameters():
+            param.add_(1.0)
+    ema_(teacher_low, low, decay=0.75)
+    for name, value in teacher_low.state().items():
+        torch.testing.assert_close(value, 0.75 * old[name] + 0.25 * low.state()[name])
+    teacher_low.detach()
+    with torch.no_grad():
+        for param in low.parameters():
+            param.sub_(1.0)
+    torch.testing.assert_close(run(), student)  # detaching the teacher's set left the student's in place

@@ -14,6 +14,7 @@ also scale the adapter.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 
 from fluxbench.errors import ConfigError
 from fluxbench.peft.sites import Attachment, Layout
-from fluxbench.peft.wrap import Wrapper, owner_of, replace_ref
+from fluxbench.peft.wrap import Wrapper, owner_of, replace_ref, unwrap
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "identity": nn.Identity}
 
@@ -58,7 +59,8 @@ class Bottleneck(nn.Module):
                 self.scale.fill_(1.0)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.up(self.dropout(self.act(self.down(h)))) * self.scale
+        out = self.up(self.dropout(self.act(self.down(h.to(self.down.weight.dtype))))) * self.scale
+        return out.to(h.dtype)
 
 
 class ParallelAdapter(Wrapper):
@@ -106,7 +108,7 @@ def attach_adapter(
         raise ConfigError(f"adapter position={position!r}; use 'mlp' or 'attn'")
     if input not in ("residual", "normed"):
         raise ConfigError(f"adapter input={input!r}; use 'residual' or 'normed'")
-    adapter = Bottleneck(dim, bottleneck, scale, dropout, act)
+    adapter = Bottleneck(dim, bottleneck, scale, dropout, act).to(next(block.parameters()).device)
     target = layout.mlp if position == "mlp" else layout.attn
     norm_name = layout.norm2 if position == "mlp" else layout.norm1
     owner, name = owner_of(block, target)
@@ -118,9 +120,10 @@ def attach_adapter(
     wrapper = ParallelAdapter(sublayer, adapter, norm).train(sublayer.training)
     setattr(owner, name, wrapper)
 
-    def undo() -> None:
-        replace_ref(block, wrapper, wrapper.wrapped)
-        if identity is not None:
-            replace_ref(block, identity, wrapper.peft_norm)
+    return Attachment({target: adapter}, functools.partial(_undo, block, wrapper, identity))
 
-    return Attachment({target: adapter}, undo)
+
+def _undo(block: nn.Module, wrapper: ParallelAdapter, identity: nn.Module | None) -> None:
+    unwrap(block, wrapper)
+    if identity is not None:
+        replace_ref(block, identity, wrapper.peft_norm)

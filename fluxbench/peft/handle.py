@@ -12,6 +12,7 @@ call (``backbone.requires_grad_(False)`` before attaching); attached modules sta
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -152,6 +153,19 @@ class PeftHandle:
             merge(self.modules[name], fn(), -1.0)
             self.modules[name].merged = False
         self.merged = False
+
+    def clone_with(self, model: nn.Module) -> tuple[nn.Module, PeftHandle]:
+        """A deep copy of ``model`` (which this handle is attached to) and a handle on the copy.
+
+        For mean teachers and EMA copies (ViDA, CoTTA): the copy's modules are separate tensors,
+        and ``ema_(teacher_handle, student_handle, decay)``, ``set_scale`` or ``detach`` act on it alone.
+        """
+        memo: dict[int, Any] = {}
+        copied = copy.deepcopy(model, memo)
+        missing = [name for name, module in self.modules.items() if id(module) not in memo]
+        if missing:
+            raise ConfigError(f"clone_with(): {missing[0]} is not part of the given model")
+        return copied, copy.deepcopy(self, memo)
 
     def detach(self) -> None:
         """Remove the modules and restore the library modules. Merged LoRA updates stay in the weights."""

@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from fluxbench.errors import ConfigError
 from fluxbench.peft.sites import TARGETS, Attachment, Layout
-from fluxbench.peft.wrap import Wrapper, innermost, owner_of, replace_ref
+from fluxbench.peft.wrap import Wrapper, innermost, owner_of, run_all, unwrap
 
 
 class LoRAPair(nn.Module):
@@ -61,10 +61,10 @@ class LoRAPair(nn.Module):
         return (b @ self.A) * self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x @ self.A.t()
+        h = x.to(self.A.dtype) @ self.A.t()
         if self.gate is not None:
             h = h * self.gate
-        return (h @ self.B.t()) * self.scale
+        return ((h @ self.B.t()) * self.scale).to(x.dtype)
 
 
 class LoRA(nn.Module):
@@ -165,11 +165,7 @@ def attach_lora(
         modules[key] = lora
         weights[key] = functools.partial(base_weight, block, path, tensor)
 
-    def undo() -> None:
-        for fn in reversed(undos):
-            fn()
-
-    return Attachment(modules, undo, weights)
+    return Attachment(modules, functools.partial(run_all, undos), weights)
 
 
 def merge(lora: LoRA, weight: torch.Tensor, sign: float) -> None:
@@ -202,19 +198,19 @@ def _install(block: nn.Module, path: str, tensor: str | None, lora: LoRA) -> Cal
     if tensor is None:
         wrapper = LoRALinear(getattr(owner, name), lora).train(getattr(owner, name).training)
         setattr(owner, name, wrapper)
-        return lambda: replace_ref(block, wrapper, wrapper.wrapped)
+        return functools.partial(unwrap, block, wrapper)
     module = innermost(getattr(owner, name))
     param = LoRAParametrization(lora).train(module.training)
     parametrize.register_parametrization(module, tensor, param)
+    return functools.partial(_remove_parametrization, module, tensor, param)
 
-    def undo() -> None:
-        plist = module.parametrizations[tensor]
-        if len(plist) == 1:
-            parametrize.remove_parametrizations(module, tensor, leave_parametrized=False)
+
+def _remove_parametrization(module: nn.Module, tensor: str, param: LoRAParametrization) -> None:
+    plist = module.parametrizations[tensor]
+    if len(plist) == 1:
+        parametrize.remove_parametrizations(module, tensor, leave_parametrized=False)
+        return
+    for i, p in enumerate(plist):
+        if p is param:
+            del plist[i]
             return
-        for i, p in enumerate(plist):
-            if p is param:
-                del plist[i]
-                return
-
-    return undo

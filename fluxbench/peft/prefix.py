@@ -14,13 +14,15 @@ prefix among the keys does not matter (attention is permutation-invariant over k
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fluxbench.errors import ConfigError
 from fluxbench.peft.sites import Attachment, Layout
-from fluxbench.peft.wrap import Wrapper, owner_of, replace_ref
+from fluxbench.peft.wrap import Wrapper, owner_of, unwrap
 
 
 class Prefix(nn.Module):
@@ -175,4 +177,4 @@ def attach_prefix(
     cls = TimmPrefixAttention if layout.library == "timm" else MultiheadPrefixAttention
     wrapper = cls(attn, prefix.to(next(attn.parameters()).device)).train(attn.training)
     setattr(owner, name, wrapper)
-    return Attachment({layout.attn: prefix}, lambda: replace_ref(block, wrapper, wrapper.wrapped))
+    return Attachment({layout.attn: prefix}, functools.partial(unwrap, block, wrapper))

@@ -11,12 +11,14 @@ uniform range; the scale is a config value here).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from fluxbench.errors import ConfigError
 from fluxbench.peft.sites import Attachment, Tower
-from fluxbench.peft.wrap import Wrapper, replace_ref
+from fluxbench.peft.wrap import Wrapper, unwrap
 
 
 class Prompt(nn.Module):
@@ -87,4 +89,4 @@ def _wrap_block(tower: Tower, index: int, insert: Prompt | None, owner: Prompt, 
         insert.to(next(container[index].parameters()).device)
     container[index] = wrapper.train(container[index].training)
     modules = {"prompt": insert} if insert is not None else {}
-    return Attachment(modules, lambda: replace_ref(container, wrapper, wrapper.wrapped))
+    return Attachment(modules, functools.partial(unwrap, container, wrapper))

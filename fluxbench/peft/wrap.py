@@ -52,6 +52,18 @@ def owner_of(root: nn.Module, path: str, through_wrappers: bool = False) -> tupl
     return owner, name
 
 
+def unwrap(root: nn.Module, wrapper: Wrapper) -> None:
+    """Take ``wrapper`` out of the module tree under ``root``, wherever it sits in a stack."""
+    replace_ref(root, wrapper, wrapper.wrapped)
+
+
+def run_all(fns: list) -> None:
+    """Call ``fns`` last to first (undo steps). Undo steps are ``functools.partial`` objects, not closures,
+    so ``copy.deepcopy`` of a handle together with its model re-targets them at the copy."""
+    for fn in reversed(fns):
+        fn()
+
+
 def replace_ref(root: nn.Module, old: nn.Module, new: nn.Module) -> bool:
     """Put ``new`` wherever a module under ``root`` holds ``old`` as a child; True if one did."""
     found = False
