@@ -6,8 +6,10 @@ open_clip visual or text tower, and returns a :class:`PeftHandle`. Methods build
 over ``handle.parameters()``, keep per-task sets as ``handle.state()`` snapshots, run the backbone
 with another set through ``with handle.using(state):`` (MOS's per-task adapters, LAE's offline
 expert), average or EMA snapshots with :func:`average` / :func:`ema_`, fold LoRA into the weights
-with ``merge()`` and remove everything with ``detach()``. Freezing the backbone is the method's
-call (``backbone.requires_grad_(False)`` before attaching); attached modules start trainable.
+with ``merge()`` and remove everything with ``detach()``; ``clone_with(model)`` copies the model
+and the handle together (mean teachers). Freezing the backbone is the method's call
+(``backbone.requires_grad_(False)`` before attaching); attached modules start trainable and in the
+host's train/eval mode.
 """
 
 from __future__ import annotations
