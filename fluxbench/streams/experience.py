@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from fluxbench.benchmarks.base import ImageDataset
@@ -37,16 +38,22 @@ class Experience:
     def new_class_range(self) -> range:
         return range(self.num_seen_classes - len(self.classes), self.num_seen_classes)
 
-    def tensors(self, part: str = "train", device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """All images of a part as float tensors in [0, 1], decoded once and kept."""
+    def _uint8(self, part: str, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A part as uint8 ``(N, C, H, W)`` on ``device``, made once: 4x smaller than floats."""
         key = (part, str(device))
         if key not in self._cache:
             data = self.train if part == "train" else self.test
             if data is None or len(data) == 0:
                 raise ValueError(f"experience {self.index} has no {part} data")
-            x, y = data.to_tensors()
+            x = torch.from_numpy(np.ascontiguousarray(data.images)).permute(0, 3, 1, 2).contiguous()
+            y = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
             self._cache[key] = (x.to(device), y.to(device))
         return self._cache[key]
+
+    def tensors(self, part: str = "train", device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """All images of a part as float tensors in [0, 1] (``(N, C, H, W)``) and their labels."""
+        x, y = self._uint8(part, device)
+        return to_float(x), y
 
     def train_batches(
         self, batch_size: int, device: torch.device | str = "cpu", shuffle: bool = True, drop_last: bool = False
@@ -55,14 +62,19 @@ class Experience:
 
         Shuffling draws from torch's global generator, which the protocol seeds.
         """
-        x, y = self.tensors("train", device)
+        x, y = self._uint8("train", device)
         yield from iterate_batches(x, y, batch_size, shuffle, drop_last, self.train_transform)
 
     def test_batches(
         self, batch_size: int, device: torch.device | str = "cpu"
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = self.tensors("test", device)
+        x, y = self._uint8("test", device)
         yield from iterate_batches(x, y, batch_size, shuffle=False)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images to floats in [0, 1]; float input passes through."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 def iterate_batches(
@@ -73,11 +85,14 @@ def iterate_batches(
     drop_last: bool = False,
     transform: BatchTransform | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches by indexing preloaded tensors: no per-sample Python work in the loop."""
+    """Mini-batches by indexing preloaded tensors: no per-sample Python work in the loop.
+
+    uint8 images are converted to floats in [0, 1] per batch, after indexing.
+    """
     n = len(y)
     order = torch.randperm(n, device=x.device) if shuffle else torch.arange(n, device=x.device)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
         index = order[start:start + batch_size]
-        xb = x[index]
+        xb = to_float(x[index])
         yield (transform(xb) if transform else xb), y[index]
