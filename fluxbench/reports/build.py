@@ -1,0 +1,76 @@
+"""Collect, tabulate and write: the report as files (``leaderboard.md``, ``leaderboard.csv``, ``index.html``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from fluxbench.errors import DataError
+from fluxbench.reports import html, markdown
+from fluxbench.reports.collect import Collected, collect
+from fluxbench.reports.format import cell, used_sentence
+from fluxbench.reports.tables import GROUP, label, leaderboard, seed_metrics, two_phase_table
+
+
+@dataclass
+class Report:
+    collected: Collected
+    board: pd.DataFrame
+    two_phase: pd.DataFrame
+    generated: str
+
+    @property
+    def title(self) -> str:
+        return f"fluxbench leaderboard: {self.collected.experiment}"
+
+    @property
+    def source(self) -> str:
+        return f"experiment {self.collected.experiment!r} in {self.collected.uri}; generated {self.generated}"
+
+    @property
+    def used(self) -> str:
+        c = self.collected
+        return used_sentence(self.board, len(c.parents), c.skipped, c.skipped_seeds)
+
+
+def build(uri: str, experiment: str) -> Report:
+    """Everything a report shows, from the MLflow store alone."""
+    collected = collect(uri, experiment)
+    board = leaderboard(collected.parents, seed_metrics(collected.seeds))
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return Report(collected, board, two_phase_table(board, collected.parents), generated)
+
+
+def write(report: Report, out: Path) -> list[Path]:
+    """Write the three files (and ``two_phase.csv`` when there are two-phase runs) into ``out``."""
+    files = {
+        "leaderboard.md": markdown.render(report.title, report.source, report.used, report.board, report.two_phase),
+        "leaderboard.csv": report.board.to_csv(index=False),
+        "index.html": html.render(report.title, report.source, report.used, report.board, report.collected.seeds,
+                                  report.two_phase),
+    }
+    if not report.two_phase.empty:
+        files["two_phase.csv"] = report.two_phase.to_csv(index=False)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (out / name).write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"cannot write the report to {out}: {err.strerror or err}; pass another --out DIR") from err
+    return [out / name for name in files]
+
+
+def summary_lines(report: Report) -> list[str]:
+    """A few lines for the terminal: the ranking of each benchmark x protocol."""
+    lines = []
+    for (benchmark, protocol), g in report.board.groupby(GROUP, sort=True):
+        metric = g["ranked_by"].iloc[0]
+        lines.append(f"{benchmark} · {protocol} (ranked by {label(metric)}):")
+        lines += [f"  {r['rank']}. {r['method']:<16} {cell(r, metric)}  ({r['seeds']} seeds)" for _, r in g.iterrows()]
+    for _, r in report.two_phase.iterrows():
+        lines.append(f"two-phase {r['benchmark']}: {r['method']} conventional rank {r['rank_conventional']} -> "
+                     f"two-phase rank {r['rank_two_phase']}, gap {100 * r['gap']:+.2f} points")
+    return lines + [report.used]

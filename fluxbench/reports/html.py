@@ -1,0 +1,182 @@
+"""``index.html``: one static page that works offline (inline CSS, figures as data URIs, no scripts)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from html import escape
+
+import pandas as pd
+
+from fluxbench.reports import plots
+from fluxbench.reports.format import LEGEND, headline, number, parts
+from fluxbench.reports.tables import GROUP, compute_columns, label
+
+CSS = """
+:root{--ink:#111827;--muted:#6b7280;--line:#e5e7eb;--bg:#f6f7f9;--card:#fff;--accent:#2563eb}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--ink);font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,
+"Helvetica Neue",Arial,sans-serif}
+main{max-width:1120px;margin:0 auto;padding:32px 24px 48px}
+h1{font-size:28px;margin:0 0 4px}
+h2{font-size:20px;margin:0 0 2px;display:flex;align-items:center;gap:10px}
+h3{font-size:15px;margin:22px 0 8px;color:var(--muted);font-weight:600;text-transform:uppercase;letter-spacing:.04em}
+code{font:13px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#eef0f3;padding:1px 5px;
+border-radius:4px}
+.meta,.sub,.legend{color:var(--muted);font-size:13px;margin:0}
+.used{background:#eef4ff;border:1px solid #d6e4ff;border-radius:8px;padding:10px 14px;margin:16px 0 0;font-size:14px}
+nav{margin:18px 0 6px;display:flex;flex-wrap:wrap;gap:8px}
+nav a{font-size:13px;color:var(--accent);text-decoration:none;border:1px solid var(--line);background:var(--card);
+padding:3px 10px;border-radius:999px}
+.card{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:22px 24px;margin:22px 0;
+box-shadow:0 1px 2px rgba(16,24,40,.04)}
+.pill{font-size:12px;font-weight:600;color:#1e40af;background:#dbeafe;padding:2px 9px;border-radius:999px}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;width:100%;margin:12px 0 4px;font-variant-numeric:tabular-nums;font-size:14px}
+th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);font-weight:600;text-align:right;
+padding:8px 10px;border-bottom:2px solid var(--line);white-space:nowrap}
+td{padding:8px 10px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
+th:nth-child(-n+2),td:nth-child(-n+2),table.runs th,table.runs td{text-align:left}
+td{vertical-align:top}
+tbody tr:hover{background:#f9fafb}
+td.method{font-weight:600}
+.dot{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:8px;vertical-align:0}
+.rank{display:inline-block;min-width:26px;text-align:center;border-radius:6px;background:#f3f4f6;font-weight:700;
+padding:1px 6px}
+.r1{background:#fde68a;color:#78350f}
+.pm{color:var(--muted)}
+.ci{color:#9ca3af;font-size:11.5px}
+.best{font-weight:700}
+.up{color:#047857;font-weight:600}.down{color:#b91c1c;font-weight:600}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:18px;margin-top:16px}
+figure{margin:0;border:1px solid var(--line);border-radius:10px;padding:10px;background:#fff}
+figure.wide{grid-column:1/-1}
+figure img{display:block;max-width:100%;height:auto;margin:0 auto}
+figcaption{font-size:13px;color:var(--muted);margin-top:6px}
+footer{color:var(--muted);font-size:12px;margin-top:28px}
+"""
+
+
+def slug(*words: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", " ".join(words).lower()).strip("-")
+
+
+def value_cell(row: pd.Series, metric: str, best: bool, with_ci: bool = True) -> str:
+    mean, std, ci = parts(row, metric)
+    if mean == "-":
+        return "<td>-</td>"
+    ci_html = f'<br><span class="ci">95% CI ±{ci}</span>' if with_ci and ci != "-" else ""
+    return f'<td{" class=best" if best else ""}>{mean} <span class="pm">± {std}</span>{ci_html}</td>'
+
+
+def best_values(group: pd.DataFrame, metrics: Sequence[str]) -> dict[str, float]:
+    """The best mean per accuracy/error column (compute columns are not judged)."""
+    lower = {"forgetting", "mean_error"}
+    out = {}
+    for m in metrics:
+        col = group.get(f"{m}_mean")
+        if col is None or col.isna().all() or m in compute_columns(group):
+            continue
+        out[m] = col.min() if m in lower else col.max()
+    return out
+
+
+def leaderboard_table(group: pd.DataFrame, palette: dict[str, str]) -> str:
+    metrics = headline(group)
+    best = best_values(group, metrics)
+    compute = compute_columns(group)
+    head = "".join(f"<th>{escape(label(m))}</th>" for m in metrics)
+    body = []
+    for _, r in group.iterrows():
+        rank_class = "rank r1" if r["rank"] == 1 else "rank"
+        cells = "".join(value_cell(r, m, m in best and r.get(f"{m}_mean") == best[m], m not in compute)
+                        for m in metrics)
+        body.append(f'<tr><td><span class="{rank_class}">{r["rank"]}</span></td>'
+                    f'<td class="method"><span class="dot" style="background:{palette[r["method"]]}"></span>'
+                    f'{escape(r["method"])}</td>{cells}<td>{r["seeds"]}</td></tr>')
+    return (f'<div class="scroll"><table class="leaderboard"><thead><tr><th>rank</th><th>method</th>{head}'
+            f'<th>seeds</th></tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+
+
+def figure_html(uri: str | None, caption: str, wide: bool = False) -> str:
+    if uri is None:
+        return ""
+    return (f'<figure{" class=wide" if wide else ""}><img src="{uri}" alt="{escape(caption)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def group_section(key: tuple[str, str], group: pd.DataFrame, seeds: pd.DataFrame, palette: dict[str, str]) -> str:
+    benchmark, protocol = key
+    ranked_by = label(group["ranked_by"].iloc[0])
+    figs = [
+        figure_html(plots.accuracy_curves(group, seeds, palette), "Accuracy on all seen classes after each "
+                    "experience (mean over seeds; band: 95% CI)"),
+        figure_html(plots.accuracy_vs_compute(group, compute_columns(group), palette),
+                    f"{ranked_by} against compute (bars: 95% CI over seeds)"),
+        figure_html(plots.matrix_heatmaps(group, seeds), "Accuracy matrix R[i, j]: accuracy on experience j after "
+                    "training on experience i, mean over seeds", wide=True),
+        figure_html(plots.domain_heatmap(group), "Error per domain (%), mean over seeds", wide=True),
+    ]
+    return (f'<section class="card" id="{slug(benchmark, protocol)}"><h2>{escape(benchmark)} '
+            f'<span class="pill">{escape(protocol)}</span></h2><p class="sub">ranked by {escape(ranked_by)}; '
+            f"{len(group)} method{'s' if len(group) != 1 else ''}</p>{leaderboard_table(group, palette)}"
+            f'<div class="figs">{"".join(figs)}</div></section>')
+
+
+def two_phase_section(tp: pd.DataFrame, palette: dict[str, str]) -> str:
+    blocks = []
+    for benchmark, g in tp.groupby("benchmark", sort=True):
+        metric = g["metric"].iloc[0]
+        rows = []
+        for _, r in g.iterrows():
+            change = int(r["rank_change"])
+            arrow = f'<span class="{"up" if change > 0 else "down"}">{change:+d}</span>' if change else "0"
+            rows.append(f'<tr><td><span class="dot" style="background:{palette[r["method"]]}"></span>'
+                        f'{escape(r["method"])}</td><td>{number(r["conventional"], metric)}</td>'
+                        f'<td>{number(r["two_phase"], metric)}</td><td>{number(r["gap"], metric)}</td>'
+                        f'<td>{r["rank_conventional"]}</td><td>{r["rank_two_phase"]}</td><td>{arrow}</td></tr>')
+        tau = g["kendall_tau"].iloc[0]
+        tau_text = "-" if pd.isna(tau) else f"{tau:.2f}"
+        blocks.append(
+            f'<h3>{escape(benchmark)} · {escape(label(metric))}</h3><div class="scroll"><table class="two-phase">'
+            "<thead><tr><th>method</th><th>conventional</th><th>two-phase</th><th>gap</th><th>rank conv.</th>"
+            f'<th>rank two-phase</th><th>rank change</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+            f'<p class="sub">Kendall τ between the two rankings: <b>{tau_text}</b></p><div class="figs">'
+            + figure_html(plots.two_phase_slopes(g, palette), "Conventional vs two-phase score; the number in "
+                          "brackets is the change (a drop means the conventional protocol overestimated it)")
+            + "</div>")
+    return ('<section class="card" id="two-phase"><h2>Conventional vs two-phase</h2><p class="sub">Conventional: '
+            "best phase-1 mean, tuned and scored on the same scenario. Two-phase: phase 2 with the chosen "
+            "hyperparameters on different data. Gap = conventional − two-phase.</p>" + "".join(blocks) + "</section>")
+
+
+def runs_section(board: pd.DataFrame, used: str) -> str:
+    rows = "".join(
+        f"<tr><td>{escape(r['benchmark'])}</td><td>{escape(r['protocol'])}</td><td>{escape(r['method'])}</td>"
+        f"<td><code>{escape(str(r['config_hash']))}</code></td><td><code>{escape(str(r['run_id'])[:12])}</code></td>"
+        f"<td>{escape(str(r['seed_list']))}</td><td>{r['configs']}</td><td><code>{escape(str(r['git_commit'])[:10])}"
+        "</code></td></tr>" for _, r in board.iterrows())
+    return ('<section class="card" id="runs"><h2>Runs used</h2>'
+            f'<p class="sub">{escape(used)}</p><div class="scroll"><table class="runs"><thead><tr><th>benchmark</th>'
+            "<th>protocol</th><th>method</th><th>config hash</th><th>run</th><th>seeds</th><th>configs</th>"
+            f"<th>git commit</th></tr></thead><tbody>{rows}</tbody></table></div></section>")
+
+
+def render(title: str, source: str, used: str, board: pd.DataFrame, seeds: pd.DataFrame, tp: pd.DataFrame) -> str:
+    """The whole page as one string."""
+    palette = plots.colors(board["method"])
+    groups = list(board.groupby(GROUP, sort=True))
+    links = [f'<a href="#{slug(*key)}">{escape(key[0])} · {escape(key[1])}</a>' for key, _ in groups]
+    if not tp.empty:
+        links.append('<a href="#two-phase">conventional vs two-phase</a>')
+    links.append('<a href="#runs">runs used</a>')
+    sections = [group_section(key, g, seeds, palette) for key, g in groups]
+    if not tp.empty:
+        sections.append(two_phase_section(tp, palette))
+    sections.append(runs_section(board, used))
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
+            f"<style>{CSS}</style></head><body><main><header><h1>{escape(title)}</h1>"
+            f'<p class="meta">{escape(source)}</p><p class="used">{escape(used)}</p></header>'
+            f'<nav>{"".join(links)}</nav>{"".join(sections)}<footer>{escape(LEGEND)}. Built from the MLflow store '
+            "only; nothing was re-run.</footer></main></body></html>\n")

@@ -1,0 +1,147 @@
+"""The MLflow store the report tests read: real short runs, one real failure, and hand-built layouts.
+
+Real runs (``conventional.run`` on the embedded digits, small CNN, 2 seeds): finetune and
+prototype, plus a prototype run whose second seed crashes (its parent ends FAILED). Built by
+hand through ``Tracker``, because their runners are not in the tree yet: a parent left RUNNING
+(with tempting numbers), the two-phase layout (trials with tuning seeds, phase-2 seeds under
+the parent, ``conventional_last_accuracy`` on the parent) and the online-TTA layout
+(``mean_error``, ``error.<domain>``). The store is built once per session and shared by
+``test_report.py`` and ``test_report_browser.py``; an untouched copy of the freshly created,
+empty database is kept beside it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+from conftest import compose_config
+
+from fluxbench.protocols import conventional, execution
+from fluxbench.protocols.metrics import summarize_matrix
+from fluxbench.tracking import Tracker
+
+EXPERIMENT = "fluxbench"
+SIZES = [10, 10, 10]
+# method: (conventional score logged on the parent, phase-2 last accuracy of seed 0; seed 1 adds 0.02)
+TWO_PHASE = {"finetune": (0.90, 0.57), "replay": (0.85, 0.49), "prototype": (0.80, 0.70)}
+TTA_ERRORS = {"source": {"gaussian_noise-5": (0.70, 0.72), "fog-5": (0.40, 0.44), "jpeg_compression-5": (0.50, 0.50)},
+              "tent": {"gaussian_noise-5": (0.55, 0.53), "fog-5": (0.35, 0.33), "jpeg_compression-5": (0.45, 0.47)}}
+
+
+@dataclass
+class Store:
+    root: Path
+    uri: str
+    empty_uri: str
+    finished: dict[str, str]  # method -> parent run id of the real finished runs
+    failed_id: str
+    running_id: str
+
+
+def real_runs(root: Path, tracker: Tracker) -> tuple[dict[str, str], str]:
+    common = (f"tracking.uri={tracker.uri}", f"tracking.checkpoint_dir={root / 'checkpoints'}",
+              f"tracking.experiment={EXPERIMENT}", "backbone=small_cnn", "backbone.width=8", "protocol.num_seeds=2")
+    finished = {
+        "finetune": conventional.run(compose_config("method=finetune", "method.epochs=1", *common), tracker),
+        "prototype": conventional.run(compose_config("method=prototype", *common), tracker),
+    }
+    original, calls = execution.accuracy, {"n": 0}
+
+    def crash_in_second_seed(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 15:  # 5 experiences evaluate 1+2+3+4+5 = 15 times per seed
+            raise RuntimeError("injected failure")
+        return original(*args, **kwargs)
+
+    with mock.patch.object(execution, "accuracy", crash_in_second_seed):
+        try:
+            conventional.run(compose_config("method=prototype", "seed=7", *common), tracker)
+        except RuntimeError:
+            pass
+    failed = tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'FAILED' and "
+                                        "tags.`fluxbench.kind` = 'protocol'")
+    return {m: out["run_id"] for m, out in finished.items()}, failed[0].info.run_id
+
+
+def seed_run(tracker: Tracker, parent_id: str, key: str, seed: int, phase: str, R: np.ndarray | None = None,
+             metrics: dict[str, float] | None = None) -> None:
+    run = tracker.start(f"seed {seed}", key, "seed", parent_id, {"seed": seed, "phase": phase})
+    if R is not None:
+        tracker.log_matrix(run, R)
+        tracker.set_tags(run, {"fluxbench.sizes": SIZES})
+        # a decoy: a logged number that disagrees with the matrix, which the report must not use
+        metrics = {**summarize_matrix(R, SIZES), "last_accuracy": 0.0, **(metrics or {})}
+    tracker.log_metrics(run, {k: v for k, v in (metrics or {}).items() if not np.isnan(v)})
+    tracker.end(run)
+
+
+def matrix(last: float) -> np.ndarray:
+    return np.array([[0.95, np.nan, np.nan], [0.90, 0.92, np.nan], [last - 0.05, last, last + 0.05]])
+
+
+def protocol_run(tracker: Tracker, key: str, protocol: str, method: str, benchmark: str, **tags: str):
+    return tracker.start(f"{protocol}: {method} on {benchmark}", key, "protocol",
+                         tags={"protocol": protocol, "method": method, "benchmark": benchmark, **tags})
+
+
+def two_phase_runs(tracker: Tracker) -> None:
+    for method, (conv, last) in TWO_PHASE.items():
+        parent = protocol_run(tracker, f"tp-{method}", "two_phase", method, "digits", **{"selected.lr": "0.01"})
+        trial = tracker.start("trial 0", f"tp-{method}-t0", "trial", parent.run_id, {"phase": "tuning", "trial": 0})
+        seed_run(tracker, trial.run_id, f"tp-{method}-t0-s0", 0, "tuning", matrix(conv), {"wall_time_s": 1.0})
+        tracker.end(trial)
+        for seed in (0, 1):
+            seed_run(tracker, parent.run_id, f"tp-{method}-s{seed}", seed, "evaluation", matrix(last + 0.02 * seed),
+                     {"wall_time_s": 2.0 + seed, "peak_memory_mb": 100.0})
+        tracker.log_metrics(parent, {"conventional_last_accuracy": conv, "overestimation_gap": conv - last - 0.01,
+                                     "last_accuracy_mean": 0.0})
+        tracker.end(parent)
+
+
+def tta_runs(tracker: Tracker) -> None:
+    for method, errors in TTA_ERRORS.items():
+        parent = protocol_run(tracker, f"tta-{method}", "online_tta", method, "digits-c")
+        for seed in (0, 1):
+            per_domain = {f"error.{d}": e[seed] for d, e in errors.items()}
+            seed_run(tracker, parent.run_id, f"tta-{method}-s{seed}", seed, "evaluation", None,
+                     {**per_domain, "mean_error": float(np.mean(list(per_domain.values()))), "wall_time_s": 1.5})
+        tracker.end(parent)
+
+
+def running_run(tracker: Tracker) -> str:
+    parent = protocol_run(tracker, "still-running", "conventional", "joint", "digits")
+    seed_run(tracker, parent.run_id, "still-running-s0", 0, "evaluation", np.eye(3) * 0 + 1.0)
+    return parent.run_id
+
+
+def build_store(root: Path) -> Store:
+    root.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tracker = Tracker(uri, EXPERIMENT)
+    shutil.copy(root / "mlflow.db", root / "empty.db")  # migrated schema, one experiment, no runs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: extra threads only spin on a busy 2-core machine
+    try:
+        finished, failed_id = real_runs(root, tracker)
+    finally:
+        torch.set_num_threads(threads)
+    two_phase_runs(tracker)
+    tta_runs(tracker)
+    running_id = running_run(tracker)
+    return Store(root, uri, f"sqlite:///{root / 'empty.db'}", finished, failed_id, running_id)
+
+
+_CACHE: dict[Path, Store] = {}
+
+
+def report_store(tmp_path_factory) -> Store:
+    """The shared store, built on first use in this session."""
+    root = tmp_path_factory.getbasetemp() / "report-store"
+    if root not in _CACHE:
+        _CACHE[root] = build_store(root)
+    return _CACHE[root]

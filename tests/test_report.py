@@ -1,0 +1,189 @@
+"""``fluxbench report`` on a store filled by real short runs: numbers recomputed from the logged matrices,
+ranks, excluded failed/unfinished runs, two-phase and TTA tables, files, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from report_store import EXPERIMENT, SIZES, TTA_ERRORS, TWO_PHASE, matrix, report_store
+from scipy import stats
+
+from fluxbench.cli import main
+from fluxbench.protocols.metrics import mean_std_ci, summarize_matrix
+from fluxbench.reports import build, write
+from fluxbench.tracking import Tracker
+from fluxbench.tracking.mlflow_store import read_matrix
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return report_store(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def report(store):
+    return build(store.uri, EXPERIMENT)
+
+
+@pytest.fixture(scope="module")
+def files(report, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    write(report, out)
+    return out
+
+
+def rows(report, protocol: str, benchmark: str = "digits") -> pd.DataFrame:
+    board = report.board
+    return board[(board["protocol"] == protocol) & (board["benchmark"] == benchmark)].set_index("method")
+
+
+def recomputed(tracker: Tracker, parent_id: str) -> dict[str, dict[str, float]]:
+    """Mean/std/CI of each metric over the parent's seed runs, straight from their logged matrices."""
+    per_seed = []
+    for child in tracker.children(parent_id, "tags.`fluxbench.kind` = 'seed'"):
+        R = read_matrix(tracker.read_text(child.info.run_id, "accuracy_matrix.csv"))
+        per_seed.append(summarize_matrix(R, json.loads(child.data.tags["fluxbench.sizes"])))
+    return {m: mean_std_ci([s[m] for s in per_seed]) for m in ("last_accuracy", "avg_incremental_accuracy",
+                                                                   "forgetting", "bwt")}
+
+
+def test_numbers_are_recomputed_from_the_logged_matrices(store, report, files):
+    tracker = Tracker(store.uri, EXPERIMENT)
+    board = rows(report, "conventional")
+    csv = pd.read_csv(files / "leaderboard.csv")
+    csv = csv[csv["protocol"] == "conventional"].set_index("method")
+    assert sorted(board.index) == ["finetune", "prototype"]
+    for method, run_id in store.finished.items():
+        expected = recomputed(tracker, run_id)
+        assert board.loc[method, "seeds"] == 2 and board.loc[method, "run_id"] == run_id
+        for metric, s in expected.items():
+            for key in ("mean", "std", "ci95"):
+                assert board.loc[method, f"{metric}_{key}"] == pytest.approx(s[key], abs=1e-12), (method, metric)
+                assert csv.loc[method, f"{metric}_{key}"] == pytest.approx(s[key], abs=1e-9)
+        # and they agree with what the protocol logged on the parent (up to the CSV's 6 decimals)
+        logged = tracker.client.get_run(run_id).data.metrics
+        assert board.loc[method, "last_accuracy_mean"] == pytest.approx(logged["last_accuracy_mean"], abs=1e-5)
+        walls = [c.data.metrics["wall_time_s"] for c in tracker.children(run_id)]
+        assert board.loc[method, "wall_time_s_mean"] == pytest.approx(np.mean(walls))
+
+
+def test_ranks_follow_the_recomputed_means(report):
+    board = rows(report, "conventional")
+    order = board["last_accuracy_mean"].sort_values(ascending=False).index
+    assert list(board.loc[order, "rank"]) == [1, 2]
+    assert board.loc["prototype", "rank"] == 1  # nearest class mean beats one epoch of fine-tuning here
+    assert (board["ranked_by"] == "last_accuracy").all()
+
+
+def test_failed_and_unfinished_runs_are_excluded_and_counted(store, report, files):
+    board = report.board
+    assert store.failed_id not in set(board["run_id"]) and store.running_id not in set(board["run_id"])
+    assert "joint" not in set(board["method"])  # only the still-running run had it, with perfect accuracy
+    assert rows(report, "conventional").loc["prototype", "configs"] == 1
+    assert dict(report.collected.skipped) == {"failed": 1, "running": 1}
+    assert "Skipped 2 protocol runs (1 failed, 1 running)" in report.used
+    assert report.used in (files / "leaderboard.md").read_text()
+
+
+def test_two_phase_scores_ranks_gap_and_kendall_tau(report, files):
+    # phase 2 is recomputed from the matrices (the seeds' and the parent's logged last accuracy are decoys)
+    board = rows(report, "two_phase")
+    for method, (_, last) in TWO_PHASE.items():
+        assert board.loc[method, "last_accuracy_mean"] == pytest.approx(last + 0.01)
+        assert board.loc[method, "seeds"] == 2  # the phase-1 tuning seed is not among them
+    tp = report.two_phase.set_index("method")
+    conv = {m: c for m, (c, _) in TWO_PHASE.items()}
+    two = {m: last + 0.01 for m, (_, last) in TWO_PHASE.items()}
+    for method in TWO_PHASE:
+        assert tp.loc[method, "conventional"] == pytest.approx(conv[method])
+        assert tp.loc[method, "gap"] == pytest.approx(conv[method] - two[method])
+    assert tp["rank_conventional"].to_dict() == {"finetune": 1, "replay": 2, "prototype": 3}
+    assert tp["rank_two_phase"].to_dict() == {"prototype": 1, "finetune": 2, "replay": 3}
+    expected_tau = stats.kendalltau(list(conv.values()), list(two.values())).statistic
+    assert tp["kendall_tau"].iloc[0] == pytest.approx(expected_tau) == pytest.approx(-1 / 3)
+    md = (files / "leaderboard.md").read_text()
+    assert "Kendall tau between the two rankings: -0.33" in md
+    assert "| prototype | 80.00 | 71.00 | 9.00 | 3 | 1 | +2 |" in md
+    assert (files / "two_phase.csv").is_file()
+
+
+def test_tta_rows_rank_by_mean_error_with_errors_per_domain(report, files):
+    board = rows(report, "online_tta", "digits-c")
+    assert list(board.sort_values("rank").index) == ["tent", "source"]
+    assert (board["ranked_by"] == "mean_error").all()
+    for method, errors in TTA_ERRORS.items():
+        for domain, values in errors.items():
+            assert board.loc[method, f"error.{domain}_mean"] == pytest.approx(np.mean(values))
+        per_seed = [np.mean([e[s] for e in errors.values()]) for s in (0, 1)]
+        assert board.loc[method, "mean_error_ci95"] == pytest.approx(mean_std_ci(per_seed)["ci95"])
+    md = (files / "leaderboard.md").read_text()
+    assert "digits-c · online_tta: error per domain (%)" in md and "| tent | 34.00 | 54.00 | 46.00 |" in md
+
+
+def test_files_one_row_per_method_benchmark_protocol(report, files):
+    csv = pd.read_csv(files / "leaderboard.csv")
+    assert len(csv) == 2 + len(TWO_PHASE) + len(TTA_ERRORS)
+    assert not csv.duplicated(["benchmark", "protocol", "method"]).any()
+    md = (files / "leaderboard.md").read_text()
+    proto = rows(report, "conventional").loc["prototype"]
+    assert (f"| 1 | prototype | {100 * proto['last_accuracy_mean']:.2f} ± {100 * proto['last_accuracy_std']:.2f} "
+            f"[±{100 * proto['last_accuracy_ci95']:.2f}]") in md
+    assert proto["config_hash"] in md
+    page = (files / "index.html").read_text()
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    assert page.count('src="data:image/png;base64,') >= 5
+
+
+def test_cli_writes_the_report_and_prints_the_ranking(store, tmp_path, capsys):
+    main(["report", "--tracking-uri", store.uri, "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert "digits · conventional (ranked by last acc (%)):" in out and "1. prototype" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["index.html", "leaderboard.csv",
+                                                                      "leaderboard.md", "two_phase.csv"]
+
+
+def one_line_error(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_empty_store_is_one_line(store, capsys):
+    err = one_line_error(capsys, "--tracking-uri", store.empty_uri)
+    assert f"experiment 'fluxbench' in {store.empty_uri} has no runs" in err and "fluxbench run" in err
+
+
+def test_unknown_experiment_names_the_existing_ones(store, capsys):
+    err = one_line_error(capsys, "--tracking-uri", store.uri, "--experiment", "nope")
+    assert "unknown experiment 'nope'" in err and "experiments there: Default, fluxbench" in err
+
+
+def test_missing_and_unreadable_stores_are_one_line(tmp_path, capsys):
+    missing = tmp_path / "absent.db"
+    assert "no MLflow store at" in one_line_error(capsys, "--tracking-uri", f"sqlite:///{missing}")
+    assert not missing.exists()  # reading never creates a store
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database" * 100)
+    assert "cannot read the MLflow store" in one_line_error(capsys, "--tracking-uri", f"sqlite:///{garbage}")
+
+
+def test_only_failed_runs_say_how_many(store, tmp_path, capsys):
+    shutil.copy(store.empty_uri.removeprefix("sqlite:///"), tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, EXPERIMENT)
+    parent = tracker.start("conventional: finetune on digits", "h1", "protocol",
+                           tags={"protocol": "conventional", "method": "finetune", "benchmark": "digits"})
+    run = tracker.start("seed 0", "h2", "seed", parent.run_id, {"seed": 0, "phase": "evaluation"})
+    tracker.log_matrix(run, matrix(0.5))
+    tracker.set_tags(run, {"fluxbench.sizes": SIZES})
+    tracker.end(run)
+    tracker.end(parent, "FAILED")
+    err = one_line_error(capsys, "--tracking-uri", uri)
+    assert "has no finished runs (skipped 1 failed)" in err
