@@ -36,10 +36,15 @@ class FeatureBackbone(nn.Module):
         else:
             self.mean = self.std = None
 
+    # batched resize/crop to the model's input size (set by builders of fixed-size models); None: feed as is
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean is None:
             return x
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transform is not None:
+            x = self.transform(x)
         return self.model(self.normalize(x))
