@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -187,3 +189,11 @@ def test_only_failed_runs_say_how_many(store, tmp_path, capsys):
     tracker.end(parent, "FAILED")
     err = one_line_error(capsys, "--tracking-uri", uri)
     assert "has no finished runs (skipped 1 failed)" in err
+
+
+def test_reports_never_import_methods_or_torch():
+    code = ("import sys, fluxbench.reports, fluxbench.reports.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith('fluxbench.methods') or m == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

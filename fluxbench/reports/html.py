@@ -20,7 +20,7 @@ body{margin:0;background:var(--bg);color:var(--ink);font:15px/1.5 system-ui,-app
 main{max-width:1120px;margin:0 auto;padding:32px 24px 48px}
 h1{font-size:28px;margin:0 0 4px}
 h2{font-size:20px;margin:0 0 2px;display:flex;align-items:center;gap:10px}
-h3{font-size:15px;margin:22px 0 8px;color:var(--muted);font-weight:600;text-transform:uppercase;letter-spacing:.04em}
+h3{font-size:16px;margin:22px 0 8px;color:#374151;font-weight:600}
 code{font:13px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#eef0f3;padding:1px 5px;
 border-radius:4px}
 .meta,.sub,.legend{color:var(--muted);font-size:13px;margin:0}
@@ -33,10 +33,11 @@ box-shadow:0 1px 2px rgba(16,24,40,.04)}
 .pill{font-size:12px;font-weight:600;color:#1e40af;background:#dbeafe;padding:2px 9px;border-radius:999px}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;margin:12px 0 4px;font-variant-numeric:tabular-nums;font-size:14px}
-th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);font-weight:600;text-align:right;
+th{font-size:12.5px;color:var(--muted);font-weight:600;text-align:right;
 padding:8px 10px;border-bottom:2px solid var(--line);white-space:nowrap}
 td{padding:8px 10px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
-th:nth-child(-n+2),td:nth-child(-n+2),table.runs th,table.runs td{text-align:left}
+table.leaderboard :is(th,td):nth-child(-n+2),table.two-phase :is(th,td):first-child,
+table.runs :is(th,td){text-align:left}
 td{vertical-align:top}
 tbody tr:hover{background:#f9fafb}
 td.method{font-weight:600}
@@ -110,7 +111,7 @@ def group_section(key: tuple[str, str], group: pd.DataFrame, seeds: pd.DataFrame
     ranked_by = label(group["ranked_by"].iloc[0])
     figs = [
         figure_html(plots.accuracy_curves(group, seeds, palette), "Accuracy on all seen classes after each "
-                    "experience (mean over seeds; band: 95% CI)"),
+                    "experience (mean over seeds; band: ± std)"),
         figure_html(plots.accuracy_vs_compute(group, compute_columns(group), palette),
                     f"{ranked_by} against compute (bars: 95% CI over seeds)"),
         figure_html(plots.matrix_heatmaps(group, seeds), "Accuracy matrix R[i, j]: accuracy on experience j after "

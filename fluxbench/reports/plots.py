@@ -50,7 +50,7 @@ def seed_rows(seeds: pd.DataFrame, parent_id: str) -> pd.DataFrame:
 
 
 def accuracy_curves(group: pd.DataFrame, seeds: pd.DataFrame, palette: dict[str, str]) -> str | None:
-    """Accuracy on all seen classes after each experience: mean over seeds, band = 95% CI (std for one seed)."""
+    """Accuracy on all seen classes after each experience: mean over seeds, band = ± std (the table has the CI)."""
     fig = figure(6.4, 3.6)
     ax = fig.add_subplot()
     drawn = False
@@ -61,7 +61,7 @@ def accuracy_curves(group: pd.DataFrame, seeds: pd.DataFrame, palette: dict[str,
         curves = np.array([step_accuracies(r.matrix, r.sizes) for r in runs.itertuples()]) * 100
         summary = [mean_std_ci(curves[:, i]) for i in range(curves.shape[1])]
         mean = np.array([s["mean"] for s in summary])
-        half = np.array([s["std"] if math.isnan(s["ci95"]) else s["ci95"] for s in summary])
+        half = np.array([s["std"] for s in summary])
         x = np.arange(1, len(mean) + 1)
         color = palette[row["method"]]
         ax.plot(x, mean, marker="o", markersize=4, color=color, label=row["method"], linewidth=2)

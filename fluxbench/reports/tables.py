@@ -25,7 +25,7 @@ COMPUTE = ("wall_time_s", "peak_memory_mb")
 LABELS = {"last_accuracy": "last acc (%)", "avg_incremental_accuracy": "avg inc acc (%)",
           "forgetting": "forgetting (%)", "bwt": "BWT (%)", "fwt": "FWT (%)", "mean_error": "mean error (%)",
           "wall_time_s": "wall time (s)", "peak_memory_mb": "peak mem (MB)"}
-_STEPPED = re.compile(r"^(accuracy|acc_exp\d+)$")
+_STEPPED = re.compile(r"^(accuracy|error|acc_exp\d+)$")  # per-experience curves, not results
 _ID_COLUMNS = ("run_id", "parent_id", "seed")
 
 

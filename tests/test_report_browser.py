@@ -1,0 +1,68 @@
+"""The report page in a real headless Chromium (Debian's, driven by Playwright): one table row per method,
+every image decodes, no console errors, no network; a screenshot is kept in ``test-artifacts/report.png``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from report_store import EXPERIMENT, report_store
+
+from fluxbench.reports import build, write
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def page_file(tmp_path_factory) -> tuple[Path, object]:
+    store = report_store(tmp_path_factory)
+    report = build(store.uri, EXPERIMENT)
+    out = tmp_path_factory.mktemp("report-html")
+    write(report, out)
+    return out / "index.html", report
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+def test_page_renders_offline_with_every_image_and_no_errors(browser, page_file):
+    path, report = page_file
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors, requests = [], []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("request", lambda req: requests.append(req.url))
+    page.goto(path.as_uri(), wait_until="load")
+
+    tables = page.locator("table.leaderboard")
+    groups = list(report.board.groupby(["benchmark", "protocol"], sort=True))
+    assert tables.count() == len(groups) == 3
+    for i, (_, group) in enumerate(groups):
+        methods = tables.nth(i).locator("tbody tr td.method").all_inner_texts()
+        assert sorted(m.strip() for m in methods) == sorted(group["method"])  # one row per method
+    assert page.locator("table.two-phase tbody tr").count() == 3
+
+    images = page.locator("img")
+    assert images.count() >= 8
+    widths = images.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+    assert all(w > 0 for w in widths), widths
+    assert errors == []
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    page.close()
