@@ -10,6 +10,8 @@ from fluxbench.errors import ConfigError
 
 PROTOCOLS = {
     "conventional": "fluxbench.protocols.conventional",
+    "online_tta": "fluxbench.protocols.online_tta",
+    "two_phase": "fluxbench.protocols.two_phase",
 }
 
 

@@ -1,0 +1,299 @@
+"""Phase-1 hyperparameter search: an Optuna study in a database beside the MLflow store.
+
+Optuna is used directly (the Hydra Optuna sweeper pins an old Optuna). The space comes
+from ``method.search_space`` (``{choices: [...]}`` or ``{low, high, log, step}``); the
+sampler from ``protocol.sampler``:
+
+- ``grid``: every combination, in an order shuffled by ``protocol.sampler_seed`` (as Optuna's
+  ``GridSampler`` does); the budget is capped at the grid size.
+- ``random``: configuration ``c`` is drawn with its own RNG seeded by ``(sampler_seed, c)``,
+  as the GTEP code does; a finite space is sampled without repetition.
+- ``tpe``: Optuna's ``TPESampler``, seeded per worker so parallel workers do not propose alike.
+
+Grid and random configurations are enqueued once, when the study is created, so any
+number of processes (or a resumed call) pop each one exactly once; a file lock serialises
+claims on one machine. A trial left RUNNING by a killed process (its process is gone) is
+marked FAIL with ``interrupted`` and its values are enqueued again, so it re-runs and is
+neither counted nor duplicated. Trials that fail for a real reason (a diverging loss) count
+toward the budget.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import math
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from fluxbench.errors import ConfigError
+
+SAMPLERS = ("grid", "random", "tpe")
+HOST = socket.gethostname()
+
+
+def _distribution(name: str, entry: Any):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    where = f"method.search_space.{name}"
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where} must be {{choices: [...]}} or {{low: .., high: .., log: .., step: ..}}; "
+                          f"got {entry!r}")
+    if set(entry) == {"choices"}:
+        if not entry["choices"]:
+            raise ConfigError(f"{where}.choices is empty; give at least one value")
+        return CategoricalDistribution(list(entry["choices"]))
+    unknown = set(entry) - {"low", "high", "log", "step"}
+    if unknown or not {"low", "high"} <= set(entry):
+        raise ConfigError(f"{where} needs low and high (and optionally log, step); got keys {sorted(entry)}")
+    low, high, log, step = entry["low"], entry["high"], bool(entry.get("log", False)), entry.get("step")
+    try:
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high, step or 1)):
+            return IntDistribution(low, high, log=log, step=step or 1)
+        return FloatDistribution(float(low), float(high), log=log, step=None if step is None else float(step))
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def search_distributions(space: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Optuna distributions for ``method.search_space`` (sorted by name, so order never matters)."""
+    return {name: _distribution(name, entry) for name, entry in sorted((space or {}).items())}
+
+
+def _values(name: str, dist: Any) -> list[Any] | None:
+    """Every value of a discrete distribution; ``None`` for a continuous one."""
+    if hasattr(dist, "choices"):
+        return list(dist.choices)
+    if dist.step is None:
+        return None
+    n = int(math.floor((dist.high - dist.low) / dist.step + 1e-9)) + 1
+    return [dist.low + k * dist.step for k in range(n)]
+
+
+def grid_size(dists: Mapping[str, Any]) -> int | None:
+    """Number of distinct configurations, or ``None`` when some range is continuous."""
+    size = 1
+    for name, dist in dists.items():
+        values = _values(name, dist)
+        if values is None:
+            return None
+        size *= len(values)
+    return size
+
+
+def grid_points(dists: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
+    """The whole grid, shuffled by ``seed``."""
+    axes = {}
+    for name, dist in dists.items():
+        values = _values(name, dist)
+        if values is None:
+            raise ConfigError(f"protocol.sampler=grid needs discrete values, but method.search_space.{name} is a "
+                              "continuous range; give it choices or a step, or use protocol.sampler=random")
+        axes[name] = values
+    points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    order = np.random.default_rng(seed).permutation(len(points))
+    return [points[i] for i in order]
+
+
+def _draw(dist: Any, rng: np.random.Generator) -> Any:
+    if hasattr(dist, "choices"):
+        return dist.choices[int(rng.integers(len(dist.choices)))]
+    values = _values("", dist)
+    if values is not None and not dist.log:
+        return values[int(rng.integers(len(values)))]
+    low, high = (math.log(dist.low), math.log(dist.high)) if dist.log else (dist.low, dist.high)
+    x = float(rng.uniform(low, high))
+    x = math.exp(x) if dist.log else x
+    return int(min(max(round(x), dist.low), dist.high)) if isinstance(dist.low, int) else x
+
+
+def random_points(dists: Mapping[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` configurations; configuration ``c`` comes from an RNG seeded by ``(seed, c)``, without repeats."""
+    points: list[dict[str, Any]] = []
+    for c in range(n):
+        rng = np.random.default_rng([seed, c])
+        point = {name: _draw(dist, rng) for name, dist in dists.items()}
+        while point in points:
+            point = {name: _draw(dist, rng) for name, dist in dists.items()}
+        points.append(point)
+    return points
+
+
+def plan(dists: Mapping[str, Any], sampler: str, n_trials: int, seed: int) -> tuple[int, list[dict[str, Any]] | None]:
+    """The trial budget and, for grid and random, the configurations to enqueue (``None`` for TPE)."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"protocol.sampler={sampler!r} is unknown; choose one of: {', '.join(SAMPLERS)}")
+    if int(n_trials) < 1:
+        raise ConfigError(f"protocol.n_trials must be at least 1; got {n_trials}")
+    if not dists:
+        return 1, [{}]  # nothing to tune: exactly one trial, with the defaults
+    size = grid_size(dists)
+    budget = int(n_trials) if size is None else min(int(n_trials), size)
+    if sampler == "grid":
+        return budget, grid_points(dists, seed)[:budget]
+    if sampler == "random":
+        return budget, random_points(dists, budget, seed)
+    return budget, None
+
+
+def storage_url(tracking_uri: str, explicit: str | None = None) -> str:
+    """The study database: ``protocol.study_storage``, or ``optuna.db`` beside a local MLflow store."""
+    if explicit:
+        return str(explicit)
+    if tracking_uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).parent / 'optuna.db'}"
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme in ("", "file"):
+        return f"sqlite:///{Path(parsed.path or tracking_uri).resolve().parent / 'optuna.db'}"
+    raise ConfigError(f"tracking.uri={tracking_uri} is not a local store, so fluxbench cannot put the Optuna study "
+                      "beside it; set protocol.study_storage to a database URL every worker reaches "
+                      "(e.g. postgresql://user@host/optuna)")
+
+
+def _process_token(pid: int) -> str:
+    """``pid:start-time`` on Linux (robust to pid reuse), else the pid alone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return str(pid)
+
+
+def _alive(token: str) -> bool:
+    pid = int(token.split(":")[0])
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return ":" not in token or _process_token(pid) == token
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class SearchStudy:
+    """One Optuna study shared by every process of one ``two_phase`` call (and by its resumption)."""
+
+    def __init__(self, url: str, name: str, dists: Mapping[str, Any], sampler: str, seed: int, budget: int,
+                 lock_path: Path, worker: int = 0) -> None:
+        import optuna
+        from optuna.storages import RDBStorage
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.dists, self.sampler_name, self.budget, self.lock_path = dict(dists), sampler, budget, lock_path
+        storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {})
+        self.storage = storage
+        self.study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                         sampler=optuna.samplers.RandomSampler(seed=seed), load_if_exists=True)
+        self._study_id = storage.get_study_id_from_name(name)
+        if sampler == "tpe":  # a seed per worker and per resumption: parallel or resumed workers propose anew
+            derived = np.random.default_rng([seed, worker, len(self.study.get_trials(deepcopy=False))])
+            self.study.sampler = optuna.samplers.TPESampler(seed=int(derived.integers(2**31)))
+
+    # -- setting up (the calling process, before any worker starts) ---------------------------
+    def prepare(self, points: list[dict[str, Any]] | None) -> list[int]:
+        """Enqueue planned configurations not yet in the study; re-queue trials whose process died."""
+        from optuna.trial import TrialState
+
+        with file_lock(self.lock_path):
+            trials = self.study.get_trials(deepcopy=False)
+            planned = {t.user_attrs.get("plan") for t in trials}
+            for index, point in enumerate(points or []):
+                if index not in planned:
+                    self.study.enqueue_trial(point, user_attrs={"plan": index})
+            interrupted = []
+            for t in trials:
+                token = t.user_attrs.get("process")
+                if t.state == TrialState.RUNNING and t.user_attrs.get("host", HOST) == HOST and not (
+                        token and _alive(token)):
+                    self._requeue(t)
+                    interrupted.append(t.number)
+        return interrupted
+
+    def _requeue(self, trial: Any) -> None:
+        from optuna.trial import TrialState
+
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
+        self.storage.set_trial_user_attr(trial_id, "interrupted", "its process ended before the trial finished")
+        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        origin = trial.user_attrs.get("origin", trial.number)
+        self.study.enqueue_trial(dict(trial.params), user_attrs={"origin": origin})
+
+    # -- workers -------------------------------------------------------------------------
+    def counted(self, trials: list[Any]) -> int:
+        """Trials that used up budget: finished, or failed for a reason other than an interruption."""
+        from optuna.trial import TrialState
+
+        return sum(t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "interrupted" not in t.user_attrs)
+                   for t in trials)
+
+    def claim(self) -> Any | None:
+        """The next trial to run (with this process recorded as its owner), or ``None`` when the budget is spent."""
+        from optuna.trial import TrialState
+
+        with file_lock(self.lock_path):
+            trials = self.study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            if not waiting and (self.sampler_name != "tpe" or self.counted(trials) + running >= self.budget):
+                return None
+            trial = self.study.ask(self.dists)
+            trial.set_user_attr("host", HOST)
+            trial.set_user_attr("process", _process_token(os.getpid()))
+            trial.set_user_attr("origin", trial.user_attrs.get("origin", trial.number))
+        return trial
+
+    def complete(self, trial: Any, value: float, attrs: Mapping[str, Any]) -> None:
+        for key, val in attrs.items():
+            trial.set_user_attr(key, val)
+        self.study.tell(trial, value)
+
+    def fail(self, trial: Any, reason: str, attrs: Mapping[str, Any] | None = None) -> None:
+        from optuna.trial import TrialState
+
+        for key, val in {"failure": reason, **(attrs or {})}.items():
+            trial.set_user_attr(key, val)
+        self.study.tell(trial, state=TrialState.FAIL)
+
+    # -- after the workers ---------------------------------------------------------------
+    def trials(self) -> list[Any]:
+        return self.study.get_trials(deepcopy=False)
+
+    def wait_for_running(self, poll_s: float = 1.0) -> None:
+        """Wait for trials still running in live processes on this machine (e.g. a concurrent call)."""
+        from optuna.trial import TrialState
+
+        def live() -> bool:
+            return any(t.state == TrialState.RUNNING and t.user_attrs.get("host") == HOST
+                       and _alive(t.user_attrs.get("process", "0")) for t in self.trials())
+
+        while live():
+            time.sleep(poll_s)
+
+    def best(self) -> Any | None:
+        """The best finished trial (the earliest of equals), or ``None`` when none finished."""
+        from optuna.trial import TrialState
+
+        done = [t for t in self.trials() if t.state == TrialState.COMPLETE and t.value is not None
+                and math.isfinite(t.value)]
+        return max(done, key=lambda t: (t.value, -t.number)) if done else None

@@ -1,0 +1,314 @@
+"""The two-phase protocol (GTEP) of "Hyperparameters in Continual Learning: a Reality Check".
+
+Paper: Cha & Cho, arXiv 2403.09066 (TMLR 2025). Upstream code: github.com/csm9493/GTEP
+(``main_search_*.py`` for phase 1, ``main_test_*.py`` for phase 2); spec in ``specs/two_phase_protocol.md``.
+
+- Phase 1 searches ``method.search_space`` on the benchmark's *tuning* data: ``protocol.n_trials``
+  trials, each over ``protocol.tuning_seeds`` seeds, scored by the mean of ``protocol.selection_metric``.
+- Phase 2 trains once per seed (``protocol.num_seeds``) with the best trial's values, unchanged, on
+  the *evaluation* data with the same stream config, and reports mean, std and a 95% CI.
+- The conventional number (the best phase-1 mean) and its gap to phase 2 are recorded too.
+
+What differs from upstream: the search is an Optuna study (grid, random or TPE; see
+:mod:`fluxbench.protocols.search`), resumable and shared by ``protocol.n_jobs`` processes;
+H* is selected by the configured metric (upstream edited the best values in by hand); the
+paper's budget is 30 configurations x 5 seeds, the embedded default a smaller one.
+
+MLflow: a parent run per call; under it one run per trial (``fluxbench.kind=trial``,
+``phase=tuning``) with one run per seed below it, and the phase-2 seed runs
+(``phase=evaluation``). The parent holds ``selected.<hp>`` tags, phase-2 ``<metric>_mean/_std/_ci95``,
+``conventional_<metric>``, ``overestimation_gap`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fluxbench.benchmarks import DataSplit, shared_samples
+from fluxbench.errors import ConfigError, DivergedError, FluxbenchError, LeakageError
+from fluxbench.methods.registry import hyperparameters, validate_hyperparameters
+from fluxbench.protocols.execution import SeedResult, run_seed
+from fluxbench.protocols.progress import Progress
+from fluxbench.protocols.search import SearchStudy, plan, search_distributions, storage_url
+from fluxbench.protocols.setup import load_split, scenario_of
+from fluxbench.protocols.summary import HEADLINE, aggregate, flat_summary, format_table
+from fluxbench.tracking import RunHandle, Tracker, config_hash, flatten
+
+SELECTION_METRICS = ("last_accuracy", "avg_incremental_accuracy")
+_NOT_IN_KEY = ("n_jobs", "study_storage")  # how a call runs, not what it computes
+
+
+def _seeds(cfg: Mapping[str, Any], key: str) -> list[int]:
+    return [int(cfg["seed"]) + k for k in range(int(cfg["protocol"][key]))]
+
+
+def seed_config(cfg: Mapping[str, Any], values: Mapping[str, Any], phase: str) -> dict[str, Any]:
+    """The config of one seed run: the method with ``values`` merged in, nothing the seed does not depend on."""
+    method = {k: v for k, v in cfg["method"].items() if k != "search_space"} | dict(values)
+    out = {k: v for k, v in cfg.items() if k not in ("progress", "protocol", "method")}
+    return out | {"method": method, "protocol": {"name": "two_phase", "phase": phase}}
+
+
+def protocol_key(cfg: Mapping[str, Any], tuning: DataSplit, evaluation: DataSplit) -> str:
+    """Names the parent run and the study: the same command finds and resumes both."""
+    protocol = {k: v for k, v in cfg["protocol"].items() if k not in _NOT_IN_KEY}
+    kept = {k: v for k, v in cfg.items() if k != "progress"} | {"protocol": protocol}
+    return config_hash(kept, tuning.fingerprint(), evaluation.fingerprint())
+
+
+def check_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the protocol settings and every value of the search space before anything runs."""
+    protocol = cfg["protocol"]
+    if protocol["selection_metric"] not in SELECTION_METRICS:
+        raise ConfigError(f"protocol.selection_metric={protocol['selection_metric']!r} is unknown; choose one of: "
+                          f"{', '.join(SELECTION_METRICS)}")
+    for key in ("tuning_seeds", "num_seeds", "n_jobs"):
+        if int(protocol[key]) < 1:
+            raise ConfigError(f"protocol.{key} must be at least 1; got {protocol[key]}")
+    method = cfg["method"]
+    dists = search_distributions(method.get("search_space"))
+    for name, dist in dists.items():
+        if name not in hyperparameters(method):
+            raise ConfigError(f"method.search_space.{name} is not a hyperparameter of {method['name']!r}; "
+                              f"its hyperparameters: {', '.join(hyperparameters(method))}")
+        for value in getattr(dist, "choices", None) or (dist.low, dist.high):
+            try:
+                validate_hyperparameters({**method, name: value})
+            except ConfigError as err:
+                raise ConfigError(f"method.search_space.{name} allows {value!r}, which is invalid: {err}") from None
+    return dists
+
+
+def check_disjoint(cfg: Mapping[str, Any], tuning: DataSplit, evaluation: DataSplit) -> None:
+    """Refuse to start when the two phases share any sample (by content, not by name)."""
+    shared = shared_samples(tuning, evaluation)
+    if shared:
+        spec_t, spec_e = (yaml.safe_dump(cfg["benchmark"][r], default_flow_style=True, width=1000).strip()
+                          for r in ("tuning", "evaluation"))
+        raise LeakageError(f"tuning data {spec_t} and evaluation data {spec_e} share {shared} samples "
+                           f"(same pixels); two_phase needs disjoint data: fix benchmark.tuning/benchmark.evaluation")
+
+
+def open_study(cfg: Mapping[str, Any], key: str, worker: int = 0) -> tuple[SearchStudy, list | None]:
+    """The study of this call (created on first use) and the configurations it plans to run."""
+    protocol = cfg["protocol"]
+    dists = search_distributions(cfg["method"].get("search_space"))
+    seed = int(protocol.get("sampler_seed", 0))
+    budget, points = plan(dists, protocol["sampler"], int(protocol["n_trials"]), seed)
+    url = storage_url(cfg["tracking"]["uri"], protocol.get("study_storage"))
+    lock = (Path(url[len("sqlite:///"):] + ".lock") if url.startswith("sqlite:///")
+            else Path(cfg["tracking"]["checkpoint_dir"]) / "two_phase.lock")
+    study = SearchStudy(url, f"fluxbench-two_phase-{cfg['method']['name']}-{key}", dists, protocol["sampler"], seed,
+                        budget, lock, worker)
+    return study, points
+
+
+# -- phase 1 ---------------------------------------------------------------------------------
+def run_trial(cfg: Mapping[str, Any], study: SearchStudy, trial: Any, split: DataSplit, tracker: Tracker,
+              parent_id: str, progress: Callable[[int], None] | None = None) -> None:
+    """All tuning seeds of one trial, as one MLflow run; a failure is recorded and the study goes on."""
+    values = dict(trial.params)
+    tcfg = seed_config(cfg, values, "tuning")
+    chash = config_hash(tcfg, "trial", trial.user_attrs["origin"], split.fingerprint())
+    tags = {"phase": "tuning", "trial": trial.number}
+    run = tracker.start(f"trial {trial.number}", chash, "trial", parent_id, tags)
+    if run.resumed:
+        tracker.set_tags(run, tags)
+    tracker.log_params(run, values)
+    metric = cfg["protocol"]["selection_metric"]
+    try:
+        results = [run_seed(tcfg, split, s, tracker, run, tags, progress) for s in _seeds(cfg, "tuning_seeds")]
+        score = aggregate(r.metrics for r in results)[metric]["mean"]
+        if not math.isfinite(score):
+            raise DivergedError(f"{metric} is {score} for every seed")
+    except Exception as err:  # a diverging (or crashing) trial is a result: record it and go on
+        reason = f"{type(err).__name__}: {err}"
+        tracker.set_tags(run, {"fluxbench.failure": reason})
+        tracker.end(run, "FAILED")
+        study.fail(trial, reason, {"mlflow_run_id": run.run_id})
+        print(f"trial {trial.number} {_fmt(values)}: failed: {reason}", flush=True)
+        return
+    agg = aggregate(r.metrics for r in results)
+    tracker.log_metrics(run, flat_summary(agg) | {"score": score})
+    tracker.end(run)
+    per_seed = [{k: r.metrics[k] for k in HEADLINE if math.isfinite(r.metrics.get(k, math.nan))} for r in results]
+    study.complete(trial, score, {"mlflow_run_id": run.run_id, "seed_metrics": per_seed})
+    print(f"trial {trial.number} {_fmt(values)}: {metric} {100 * score:.2f}", flush=True)
+
+
+def tune(cfg: Mapping[str, Any], key: str, parent_id: str, tracker: Tracker, split: DataSplit,
+         progress: Callable[[int], None] | None = None, worker: int = 0) -> None:
+    """Claim and run trials until the budget is spent (one worker's loop)."""
+    study, _ = open_study(cfg, key, worker)
+    parent_pid = os.getppid()
+    while os.getppid() == parent_pid and (trial := study.claim()) is not None:  # stop when orphaned
+        run_trial(cfg, study, trial, split, tracker, parent_id, progress)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    import fluxbench.methods  # noqa: F401  (registers in-tree methods)
+
+    torch.set_num_threads(threads)
+
+
+def _worker_inputs(cfg: Mapping[str, Any], role: str) -> tuple[Tracker, DataSplit]:
+    """A worker process keeps its tracker and data between tasks."""
+    if "tracker" not in _WORKER:
+        _WORKER["tracker"] = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
+    if role not in _WORKER:
+        _WORKER[role] = load_split(cfg, role)
+    return _WORKER["tracker"], _WORKER[role]
+
+
+def _tuning_worker(cfg: dict[str, Any], key: str, parent_id: str, worker: int) -> None:
+    tracker, split = _worker_inputs(cfg, "tuning")
+    tune(cfg, key, parent_id, tracker, split, worker=worker)
+
+
+def _evaluation_seed(cfg: dict[str, Any], parent_id: str, seed: int) -> SeedResult | str:
+    tracker, split = _worker_inputs(cfg, "evaluation")
+    return evaluate_seed(cfg, split, seed, tracker, RunHandle(parent_id))
+
+
+def make_pool(cfg: Mapping[str, Any]) -> Executor | None:
+    """``protocol.n_jobs`` spawned processes sharing the cores, or ``None`` to run in this process."""
+    n_jobs = int(cfg["protocol"]["n_jobs"])
+    if n_jobs == 1:
+        return None
+    from fluxbench.backbones import build_backbone
+
+    build_backbone(dict(cfg["backbone"]), Path(cfg["data_root"]))  # build/cache pre-trained weights once, here
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(max(1, cores // n_jobs),))
+
+
+def run_phase1(cfg: Mapping[str, Any], key: str, parent: RunHandle, tracker: Tracker, split: DataSplit,
+               pool: Executor | None) -> SearchStudy:
+    study, points = open_study(cfg, key)
+    interrupted = study.prepare(points)
+    if interrupted:
+        print(f"resuming the study: trials {interrupted} were interrupted and run again", flush=True)
+    if pool is None:
+        n_exp = len(scenario_of(cfg).experience_sizes(split.num_classes))
+        total = study.budget * int(cfg["protocol"]["tuning_seeds"]) * n_exp
+        with Progress(total, "phase 1 (tuning)", enabled=cfg.get("progress", True)) as bar:
+            tune(cfg, key, parent.run_id, tracker, split, bar.update)
+    else:
+        jobs = [pool.submit(_tuning_worker, dict(cfg), key, parent.run_id, w) for w in range(cfg["protocol"]["n_jobs"])]
+        for job in jobs:
+            job.result()
+    study.wait_for_running()
+    return study
+
+
+# -- phase 2 ---------------------------------------------------------------------------------
+def evaluate_seed(cfg: Mapping[str, Any], split: DataSplit, seed: int, tracker: Tracker, parent: RunHandle,
+                  progress: Callable[[int], None] | None = None) -> SeedResult | str:
+    """One phase-2 seed; a diverging seed comes back as its failure reason."""
+    try:
+        return run_seed(cfg, split, seed, tracker, parent, {"phase": "evaluation"}, progress)
+    except DivergedError as err:
+        return f"seed {seed}: {err}"
+
+
+def run_phase2(cfg: Mapping[str, Any], parent: RunHandle, tracker: Tracker, split: DataSplit,
+               pool: Executor | None) -> list[SeedResult | str]:
+    seeds = _seeds(cfg, "num_seeds")
+    ecfg = seed_config(cfg, {}, "evaluation")
+    if pool is not None:
+        return list(pool.map(_evaluation_seed, [ecfg] * len(seeds), [parent.run_id] * len(seeds), seeds))
+    n_exp = len(scenario_of(cfg).experience_sizes(split.num_classes))
+    with Progress(len(seeds) * n_exp, "phase 2 (evaluation)", enabled=cfg.get("progress", True)) as bar:
+        return [evaluate_seed(ecfg, split, s, tracker, parent, bar.update) for s in seeds]
+
+
+# -- the call --------------------------------------------------------------------------------
+def _fmt(values: Mapping[str, Any]) -> str:
+    return "(" + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()) + ")"
+
+
+def select(study: SearchStudy) -> Any:
+    best = study.best()
+    if best is None:
+        reasons = [t.user_attrs.get("failure", "") for t in study.trials() if "failure" in t.user_attrs]
+        raise FluxbenchError(f"all {len(reasons)} phase-1 trials failed (trial 0: {reasons[0] if reasons else '?'}); "
+                             "narrow method.search_space")
+    return best
+
+
+def report(cfg: Mapping[str, Any], tracker: Tracker, parent: RunHandle, study: SearchStudy, best: Any,
+           phase2: list[SeedResult | str]) -> dict[str, Any]:
+    """Log the selection, phase-2 summary, conventional number and gap on the parent; print the table."""
+    metric = cfg["protocol"]["selection_metric"]
+    results = [r for r in phase2 if isinstance(r, SeedResult)]
+    failed = [r for r in phase2 if isinstance(r, str)]
+    if not results:
+        raise DivergedError(f"every phase-2 seed diverged with the selected values {_fmt(best.params)}: {failed[0]}")
+    agg = aggregate(r.metrics for r in results)
+    conventional = aggregate(best.user_attrs["seed_metrics"])
+    gap = best.value - agg[metric]["mean"]
+    tracker.set_tags(parent, {f"selected.{k}": v for k, v in best.params.items()} | {"selected.trial": best.number})
+    tracker.log_metrics(parent, flat_summary(agg) | {f"conventional_{metric}": best.value, "overestimation_gap": gap})
+    trials = [{"number": t.number, "state": t.state.name, "values": t.params, "score": t.value,
+               **{k: t.user_attrs[k] for k in ("failure", "interrupted", "mlflow_run_id") if k in t.user_attrs}}
+              for t in study.trials()]
+    summary = {"selection_metric": metric, "selected": best.params, "selected_trial": best.number,
+               "conventional": {metric: best.value, "summary": conventional}, "two_phase": agg,
+               "overestimation_gap": gap, "phase2_seeds": [r.seed for r in results], "phase2_failed": failed,
+               "trials": trials}
+    tracker.log_json(parent, summary, "summary.json")
+    print(format_table({"two-phase": agg, "conventional (phase-1 best)": conventional}))
+    print(f"selected (trial {best.number}): {_fmt(best.params) if best.params else '(defaults: nothing to tune)'}")
+    print(f"overestimation gap ({metric}): {100 * gap:+.2f} points (conventional minus two-phase)")
+    for reason in failed:
+        print(f"warning: phase-2 {reason}", file=sys.stderr)
+    return summary
+
+
+def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
+    validate_hyperparameters(cfg["method"])
+    check_config(cfg)
+    tuning, evaluation = load_split(cfg, "tuning"), load_split(cfg, "evaluation")
+    check_disjoint(cfg, tuning, evaluation)
+    key = protocol_key(cfg, tuning, evaluation)
+    label = f"{cfg['method']['name']} on {cfg['benchmark']['name']}"
+    done = tracker.finished(key)
+    if done is not None:
+        print(f"skipped: two_phase for {label} with this exact config already finished (run {done.info.run_id}); "
+              "change a value or the tracking experiment to run it again")
+        return {"skipped": True, "run_id": done.info.run_id}
+    parent = tracker.start(f"two_phase: {label}", key, "protocol", tags={
+        "protocol": "two_phase", "method": cfg["method"]["name"], "benchmark": cfg["benchmark"]["name"],
+        "data_fingerprint.tuning": tuning.fingerprint(), "data_fingerprint.evaluation": evaluation.fingerprint(),
+    })
+    tracker.log_params(parent, flatten(cfg))
+    tracker.log_text(parent, yaml.safe_dump(dict(cfg), sort_keys=False), "config.yaml")
+    pool = make_pool(cfg)
+    try:
+        study = run_phase1(cfg, key, parent, tracker, tuning, pool)
+        best = select(study)
+        phase2 = run_phase2({**cfg, "method": {**cfg["method"], **best.params}}, parent, tracker, evaluation, pool)
+        summary = report(cfg, tracker, parent, study, best, phase2)
+    except BaseException:
+        tracker.end(parent, "FAILED")
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    tracker.end(parent)
+    return {"skipped": False, "run_id": parent.run_id, "summary": summary, "selected": dict(best.params)}
