@@ -1,13 +1,14 @@
 """The MLflow store the report tests read: real short runs, one real failure, and hand-built layouts.
 
-Real runs (``conventional.run`` on the embedded digits, small CNN, 2 seeds): finetune and
-prototype, plus a prototype run whose second seed crashes (its parent ends FAILED). Built by
-hand through ``Tracker``, because their runners are not in the tree yet: a parent left RUNNING
-(with tempting numbers), the two-phase layout (trials with tuning seeds, phase-2 seeds under
-the parent, ``conventional_last_accuracy`` on the parent) and the online-TTA layout
-(``mean_error``, ``error.<domain>``). The store is built once per session and shared by
-``test_report.py`` and ``test_report_browser.py``; an untouched copy of the freshly created,
-empty database is kept beside it.
+Real runs on the embedded digits (small CNN, 2 seeds): ``conventional.run`` for finetune and
+prototype, a prototype run whose second seed crashes (its parent ends FAILED), and a tiny
+``two_phase.run`` for both methods. Built by hand through ``Tracker``: a parent left RUNNING
+(with tempting numbers); the online-TTA layout (``mean_error``, ``error.<domain>``; its methods
+are not in the tree yet); and, in the experiment ``two-phase-by-hand``, a two-phase layout whose
+numbers are chosen so that the ranking changes (trials with tuning seeds, phase-2 seeds under
+the parent, ``conventional_last_accuracy`` on the parent). The store is built once per session
+and shared by ``test_report.py`` and ``test_report_browser.py``; an untouched copy of the freshly
+created, empty database is kept beside it.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import numpy as np
 import torch
 from conftest import compose_config
 
-from fluxbench.protocols import conventional, execution
+from fluxbench.protocols import conventional, execution, two_phase
 from fluxbench.protocols.metrics import summarize_matrix
 from fluxbench.tracking import Tracker
 
 EXPERIMENT = "fluxbench"
+BY_HAND = "two-phase-by-hand"
 SIZES = [10, 10, 10]
 # method: (conventional score logged on the parent, phase-2 last accuracy of seed 0; seed 1 adds 0.02)
 TWO_PHASE = {"finetune": (0.90, 0.57), "replay": (0.85, 0.49), "prototype": (0.80, 0.70)}
@@ -38,14 +40,28 @@ class Store:
     root: Path
     uri: str
     empty_uri: str
-    finished: dict[str, str]  # method -> parent run id of the real finished runs
+    finished: dict[str, str]  # method -> parent run id of the real finished conventional runs
+    two_phase: dict[str, str]  # method -> parent run id of the real two-phase runs
     failed_id: str
     running_id: str
 
 
+def common_overrides(root: Path, tracker: Tracker) -> tuple[str, ...]:
+    return (f"tracking.uri={tracker.uri}", f"tracking.checkpoint_dir={root / 'checkpoints'}",
+            f"tracking.experiment={EXPERIMENT}", "backbone=small_cnn", "backbone.width=8", "protocol.num_seeds=2")
+
+
+def real_two_phase_runs(root: Path, tracker: Tracker) -> dict[str, str]:
+    """Phase 1: finetune tries 2 learning rates, prototype has nothing to tune; 1 tuning seed, 2 phase-2 seeds."""
+    common = (*common_overrides(root, tracker), "protocol=two_phase", "protocol.n_trials=2", "protocol.tuning_seeds=1")
+    finetune = compose_config("method=finetune", "method.epochs=1", "~method.search_space.epochs",
+                              "~method.search_space.batch_size", *common)
+    return {"finetune": two_phase.run(finetune, tracker)["run_id"],
+            "prototype": two_phase.run(compose_config("method=prototype", *common), tracker)["run_id"]}
+
+
 def real_runs(root: Path, tracker: Tracker) -> tuple[dict[str, str], str]:
-    common = (f"tracking.uri={tracker.uri}", f"tracking.checkpoint_dir={root / 'checkpoints'}",
-              f"tracking.experiment={EXPERIMENT}", "backbone=small_cnn", "backbone.width=8", "protocol.num_seeds=2")
+    common = common_overrides(root, tracker)
     finished = {
         "finetune": conventional.run(compose_config("method=finetune", "method.epochs=1", *common), tracker),
         "prototype": conventional.run(compose_config("method=prototype", *common), tracker),
@@ -89,7 +105,7 @@ def protocol_run(tracker: Tracker, key: str, protocol: str, method: str, benchma
                          tags={"protocol": protocol, "method": method, "benchmark": benchmark, **tags})
 
 
-def two_phase_runs(tracker: Tracker) -> None:
+def two_phase_by_hand(tracker: Tracker) -> None:
     for method, (conv, last) in TWO_PHASE.items():
         parent = protocol_run(tracker, f"tp-{method}", "two_phase", method, "digits", **{"selected.lr": "0.01"})
         trial = tracker.start("trial 0", f"tp-{method}-t0", "trial", parent.run_id, {"phase": "tuning", "trial": 0})
@@ -128,12 +144,13 @@ def build_store(root: Path) -> Store:
     torch.set_num_threads(1)  # tiny convolutions: extra threads only spin on a busy 2-core machine
     try:
         finished, failed_id = real_runs(root, tracker)
+        real_two_phase = real_two_phase_runs(root, tracker)
     finally:
         torch.set_num_threads(threads)
-    two_phase_runs(tracker)
     tta_runs(tracker)
     running_id = running_run(tracker)
-    return Store(root, uri, f"sqlite:///{root / 'empty.db'}", finished, failed_id, running_id)
+    two_phase_by_hand(Tracker(uri, BY_HAND))
+    return Store(root, uri, f"sqlite:///{root / 'empty.db'}", finished, real_two_phase, failed_id, running_id)
 
 
 _CACHE: dict[Path, Store] = {}

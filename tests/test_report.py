@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from report_store import EXPERIMENT, SIZES, TTA_ERRORS, TWO_PHASE, matrix, report_store
+from report_store import BY_HAND, EXPERIMENT, SIZES, TTA_ERRORS, TWO_PHASE, matrix, report_store
 from scipy import stats
 
 from fluxbench.cli import main
@@ -91,7 +91,32 @@ def test_failed_and_unfinished_runs_are_excluded_and_counted(store, report, file
     assert report.used in (files / "leaderboard.md").read_text()
 
 
-def test_two_phase_scores_ranks_gap_and_kendall_tau(report, files):
+def test_real_two_phase_runs_phase2_recomputed_conventional_from_the_parent(store, report):
+    tracker = Tracker(store.uri, EXPERIMENT)
+    board = rows(report, "two_phase")
+    tp = report.two_phase.set_index("method")
+    assert sorted(board.index) == sorted(tp.index) == ["finetune", "prototype"]
+    for method, run_id in store.two_phase.items():
+        expected = recomputed(tracker, run_id)  # the phase-2 seed runs directly under the parent
+        assert board.loc[method, "seeds"] == 2 and board.loc[method, "run_id"] == run_id
+        for metric, s in expected.items():
+            assert board.loc[method, f"{metric}_mean"] == pytest.approx(s["mean"], abs=1e-12)
+            assert board.loc[method, f"{metric}_ci95"] == pytest.approx(s["ci95"], abs=1e-12)
+        logged = tracker.client.get_run(run_id).data.metrics
+        assert tp.loc[method, "conventional"] == logged["conventional_last_accuracy"]
+        assert tp.loc[method, "two_phase"] == board.loc[method, "last_accuracy_mean"]
+        assert tp.loc[method, "gap"] == pytest.approx(logged["overestimation_gap"], abs=1e-5)
+    for column, scores in (("rank_conventional", tp["conventional"]), ("rank_two_phase", tp["two_phase"])):
+        assert list(tp.sort_values(column).index) == list(scores.sort_values(ascending=False).index)
+    expected_tau = stats.kendalltau(tp["conventional"], tp["two_phase"]).statistic
+    assert tp["kendall_tau"].iloc[0] == pytest.approx(expected_tau, nan_ok=True)
+
+
+def test_two_phase_ranking_change_gap_and_kendall_tau(store, tmp_path):
+    """The hand-built layout, with numbers chosen so that the ranking changes."""
+    report = build(store.uri, BY_HAND)
+    write(report, tmp_path)
+    files = tmp_path
     # phase 2 is recomputed from the matrices (the seeds' and the parent's logged last accuracy are decoys)
     board = rows(report, "two_phase")
     for method, (_, last) in TWO_PHASE.items():
@@ -128,7 +153,7 @@ def test_tta_rows_rank_by_mean_error_with_errors_per_domain(report, files):
 
 def test_files_one_row_per_method_benchmark_protocol(report, files):
     csv = pd.read_csv(files / "leaderboard.csv")
-    assert len(csv) == 2 + len(TWO_PHASE) + len(TTA_ERRORS)
+    assert len(csv) == 2 + 2 + len(TTA_ERRORS)
     assert not csv.duplicated(["benchmark", "protocol", "method"]).any()
     md = (files / "leaderboard.md").read_text()
     proto = rows(report, "conventional").loc["prototype"]
@@ -197,3 +222,31 @@ def test_reports_never_import_methods_or_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_one_row_per_method_keeps_the_best_config_and_counts_failed_seeds(store, tmp_path):
+    """Built by hand: two finished configs of one method (a conventional sweep), one with a failed seed."""
+    shutil.copy(store.empty_uri.removeprefix("sqlite:///"), tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, EXPERIMENT)
+    ids = {}
+    for key, lasts, failed_seed in (("low", (0.40, 0.44), False), ("high", (0.60, 0.64), True)):
+        parent = tracker.start(f"conventional: finetune ({key})", key, "protocol",
+                               tags={"protocol": "conventional", "method": "finetune", "benchmark": "digits"})
+        for seed, last in enumerate(lasts):
+            run = tracker.start(f"seed {seed}", f"{key}-{seed}", "seed", parent.run_id, {"seed": seed, "phase":
+                                                                                         "evaluation"})
+            tracker.log_matrix(run, matrix(last))
+            tracker.set_tags(run, {"fluxbench.sizes": SIZES})
+            tracker.end(run)
+        if failed_seed:
+            run = tracker.start("seed 2", f"{key}-2", "seed", parent.run_id, {"seed": 2, "phase": "evaluation"})
+            tracker.end(run, "FAILED")
+        tracker.end(parent)
+        ids[key] = parent.run_id
+    report = build(uri, EXPERIMENT)
+    row = report.board.set_index("method").loc["finetune"]
+    assert len(report.board) == 1 and row["run_id"] == ids["high"] and row["configs"] == 2
+    assert row["seeds"] == 2 and row["last_accuracy_mean"] == pytest.approx(0.62)
+    assert "plus 1 other finished config of the same methods not shown" in report.used
+    assert "1 seed run (1 failed) of finished protocol runs" in report.used

@@ -54,10 +54,10 @@ def used_sentence(board: pd.DataFrame, parents_total: int, skipped: Counter, ski
     """Which runs the report used, and which it skipped and why."""
     shown, seeds = len(board), int(board["seeds"].sum())
     others = parents_total - shown
-    text = (f"Used {shown} finished protocol run{'s' if shown != 1 else ''} ({seeds} seed runs)"
-            + (f", plus {others} other finished config{'s' if others != 1 else ''} of the same methods"
-               " not shown (a lower score)" if others else "")
-            + (f". Skipped {counted(skipped, 'protocol run')}" if skipped else ". No runs skipped"))
-    if skipped_seeds:
-        text += f" and {counted(skipped_seeds, 'seed run')} of finished protocol runs"
-    return text + "."
+    text = f"Used {shown} finished protocol run{'s' if shown != 1 else ''} ({seeds} seed runs)"
+    if others:
+        text += (f", plus {others} other finished config{'s' if others != 1 else ''} of the same methods"
+                 " not shown (ranked lower)")
+    left_out = ([counted(skipped, "protocol run")] if skipped else []) + (
+        [f"{counted(skipped_seeds, 'seed run')} of finished protocol runs"] if skipped_seeds else [])
+    return text + (". Skipped " + " and ".join(left_out) if left_out else ". No runs skipped") + "."
