@@ -3,7 +3,9 @@
 Hooks, in call order for each experience::
 
     before_experience(exp)
-    for each epoch:  for each batch:  loss = training_loss(x, y, exp); backward; step; after_step(exp)
+    for each epoch:
+        before_epoch(exp, epoch)
+        for each batch:  loss = training_loss(x, y, exp); backward; step; after_step(exp)
     after_experience(exp)
 
 A method overrides only what makes it that method (the loss, what is trainable, what
@@ -78,7 +80,11 @@ class SupervisedMethod(Method):
     def before_experience(self, exp: Experience) -> None:
         self.num_seen.fill_(exp.num_seen_classes)
 
+    def before_epoch(self, exp: Experience, epoch: int) -> None:
+        pass
+
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        """Parameters (or torch param groups, e.g. a head at a lower lr) for the optimiser."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def training_batches(self, exp: Experience):
@@ -101,6 +107,7 @@ class SupervisedMethod(Method):
         sched = make_scheduler(opt, self.hparams)
         self.model.train()
         for epoch in range(self.hparams.epochs):
+            self.before_epoch(exp, epoch)
             for x, y in self.training_batches(exp):
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.ctx.amp):
                     loss = self.training_loss(x, y, exp)
