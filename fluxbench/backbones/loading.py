@@ -183,15 +183,18 @@ def build_timm_backbone(cfg: dict[str, Any]) -> FeatureBackbone:
         weights = resolve_timm_weights(name, cfg.get("weights"))
     model = create_timm_model(name, weights, num_classes=0, **dict(cfg.get("model_kwargs") or {}))
     data_cfg = timm.data.resolve_model_data_config(model)
+    # the size the model was built for (model_kwargs may change it), not the pretrained config's
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    input_size = [data_cfg["input_size"][0], *built] if built else list(data_cfg["input_size"])
     recipe = {
         "name": name,
         "weights": str(weights) if weights is not None else None,
-        "input_size": list(data_cfg["input_size"]),
+        "input_size": input_size,
         "interpolation": data_cfg.get("interpolation", "bicubic"),
         "crop_pct": float(data_cfg.get("crop_pct", 1.0)),
     }
     backbone = FeatureBackbone(model, model.num_features, cfg.get("mean"), cfg.get("std"), recipe=recipe)
-    backbone.transform = ResizeCrop(data_cfg["input_size"][1:], recipe["interpolation"], recipe["crop_pct"])
+    backbone.transform = ResizeCrop(input_size[1:], recipe["interpolation"], recipe["crop_pct"])
     return backbone
 
 
