@@ -47,6 +47,9 @@ class MethodContext:
     num_classes: int  # classes in the whole stream
     device: torch.device
     amp: bool = False  # bf16 autocast on CUDA
+    # test-time methods: (name="default") -> a fresh trained source classifier (images in [0, 1] -> logits,
+    # on the CPU) from the benchmark's source_models; None when the benchmark defines none
+    build_source_model: Any = None
 
 
 class Method(nn.Module):

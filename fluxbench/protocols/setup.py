@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from fluxbench.backbones import build_backbone
+from fluxbench.backbones.source_models import build_source_model
 from fluxbench.benchmarks import DataSplit, load_dataset
 from fluxbench.errors import ConfigError
 from fluxbench.methods import MethodContext
@@ -79,4 +81,13 @@ def method_context(cfg: Mapping[str, Any], num_classes: int) -> MethodContext:
         num_classes=num_classes,
         device=device,
         amp=bool(cfg.get("amp", False)) and device.type == "cuda",
+        build_source_model=_source_models(cfg, data_root, device),
     )
+
+
+def _source_models(cfg: Mapping[str, Any], data_root: Path, device: torch.device):
+    """``(name="default") -> nn.Module`` over the benchmark's ``source_models`` (test-time methods), else None."""
+    models = cfg["benchmark"].get("source_models")
+    if not models:
+        return None
+    return functools.partial(build_source_model, dict(models), data_root=data_root, device=device)
