@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,6 +26,8 @@ def report_command(args: list[str]) -> None:
     from fluxbench.reports.build import build, summary_lines, write
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name, value in _HTTP_DEFAULTS.items():  # an unreachable server fails in seconds, not after 4 minutes
+        os.environ.setdefault(name, value)
     ns = parser().parse_args(args)
     report = build(ns.tracking_uri, ns.experiment)
     paths = write(report, ns.out)
