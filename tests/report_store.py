@@ -13,6 +13,8 @@ created, empty database is kept beside it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from conftest import compose_config
 
+from fluxbench.cli import main
 from fluxbench.protocols import conventional, execution, two_phase
 from fluxbench.protocols.metrics import summarize_matrix
 from fluxbench.tracking import Tracker
@@ -125,7 +128,8 @@ def tta_runs(tracker: Tracker) -> None:
         for seed in (0, 1):
             per_domain = {f"error.{d}": e[seed] for d, e in errors.items()}
             seed_run(tracker, parent.run_id, f"tta-{method}-s{seed}", seed, "evaluation", None,
-                     {**per_domain, "mean_error": float(np.mean(list(per_domain.values()))), "wall_time_s": 1.5})
+                     {**per_domain, "mean_error": float(np.mean(list(per_domain.values()))), "wall_time_s": 1.5,
+                      "flops": 2e9 + 1e7 * seed})
         tracker.end(parent)
 
 
@@ -153,7 +157,7 @@ def build_store(root: Path) -> Store:
     return Store(root, uri, f"sqlite:///{root / 'empty.db'}", finished, real_two_phase, failed_id, running_id)
 
 
-_CACHE: dict[Path, Store] = {}
+_CACHE: dict[Path, object] = {}
 
 
 def report_store(tmp_path_factory) -> Store:
@@ -162,3 +166,15 @@ def report_store(tmp_path_factory) -> Store:
     if root not in _CACHE:
         _CACHE[root] = build_store(root)
     return _CACHE[root]
+
+
+def cli_report(tmp_path_factory) -> tuple[Path, str]:
+    """``fluxbench report`` on the shared store, run once: its output folder and what it printed."""
+    out = tmp_path_factory.getbasetemp() / "report-cli"
+    if out not in _CACHE:
+        store = report_store(tmp_path_factory)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            main(["report", "--tracking-uri", store.uri, "--out", str(out)])
+        _CACHE[out] = (out, printed.getvalue())
+    return _CACHE[out]

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from report_store import BY_HAND, EXPERIMENT, SIZES, TTA_ERRORS, TWO_PHASE, matrix, report_store
+from report_store import BY_HAND, EXPERIMENT, SIZES, TTA_ERRORS, TWO_PHASE, cli_report, matrix, report_store
 from scipy import stats
 
 from fluxbench.cli import main
@@ -32,10 +32,13 @@ def report(store):
 
 
 @pytest.fixture(scope="module")
-def files(report, tmp_path_factory):
-    out = tmp_path_factory.mktemp("report")
-    write(report, out)
-    return out
+def cli(tmp_path_factory):
+    return cli_report(tmp_path_factory)  # `fluxbench report --tracking-uri <store> --out <dir>`
+
+
+@pytest.fixture(scope="module")
+def files(cli):
+    return cli[0]
 
 
 def rows(report, protocol: str, benchmark: str = "digits") -> pd.DataFrame:
@@ -147,7 +150,10 @@ def test_tta_rows_rank_by_mean_error_with_errors_per_domain(report, files):
             assert board.loc[method, f"error.{domain}_mean"] == pytest.approx(np.mean(values))
         per_seed = [np.mean([e[s] for e in errors.values()]) for s in (0, 1)]
         assert board.loc[method, "mean_error_ci95"] == pytest.approx(mean_std_ci(per_seed)["ci95"])
+        assert board.loc[method, "flops_mean"] == pytest.approx(2.005e9)
     md = (files / "leaderboard.md").read_text()
+    assert "| rank | method | mean error (%) | FLOPs | wall time (s) | seeds |" in md
+    assert "| 1 | tent | 44.67 ± 0.47 [±4.24] | 2.00 G ± 7.07 M | 1.5 ± 0.0 | 2 |" in md
     assert "digits-c · online_tta: error per domain (%)" in md and "| tent | 34.00 | 54.00 | 46.00 |" in md
 
 
@@ -165,12 +171,13 @@ def test_files_one_row_per_method_benchmark_protocol(report, files):
     assert page.count('src="data:image/png;base64,') >= 5
 
 
-def test_cli_writes_the_report_and_prints_the_ranking(store, tmp_path, capsys):
-    main(["report", "--tracking-uri", store.uri, "--out", str(tmp_path / "out")])
-    out = capsys.readouterr().out
+def test_cli_writes_the_report_and_prints_the_ranking(cli):
+    folder, out = cli
     assert "digits · conventional (ranked by last acc (%)):" in out and "1. prototype" in out
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["index.html", "leaderboard.csv",
-                                                                      "leaderboard.md", "two_phase.csv"]
+    assert "two-phase digits: prototype conventional rank 1 -> two-phase rank 1" in out
+    assert "Skipped 2 protocol runs (1 failed, 1 running)." in out
+    assert sorted(p.name for p in folder.iterdir()) == ["index.html", "leaderboard.csv", "leaderboard.md",
+                                                        "two_phase.csv"]
 
 
 def one_line_error(capsys, *args: str) -> str:

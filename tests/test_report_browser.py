@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from report_store import EXPERIMENT, report_store
+from report_store import EXPERIMENT, cli_report, report_store
 
-from fluxbench.reports import build, write
+from fluxbench.reports import build
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -18,11 +18,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 @pytest.fixture(scope="module")
 def page_file(tmp_path_factory) -> tuple[Path, object]:
-    store = report_store(tmp_path_factory)
-    report = build(store.uri, EXPERIMENT)
-    out = tmp_path_factory.mktemp("report-html")
-    write(report, out)
-    return out / "index.html", report
+    folder, _ = cli_report(tmp_path_factory)  # what `fluxbench report` wrote
+    return folder / "index.html", build(report_store(tmp_path_factory).uri, EXPERIMENT)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pandas as pd
 
 from fluxbench.reports.tables import ACCURACY, compute_columns, is_percent
 
+_SI = ("", "k", "M", "G", "T", "P", "E")
 LEGEND = "cells: mean ± std over seeds [95% confidence interval half-width]; accuracies and errors in %"
 
 
@@ -18,8 +19,16 @@ def number(value: float, metric: str, digits: int | None = None) -> str:
     if is_percent(metric):
         return f"{100 * value:.{2 if digits is None else digits}f}"
     if abs(value) >= 1e6:
-        return f"{value:.3g}"
+        return si(value)
     return f"{value:.{1 if digits is None else digits}f}"
+
+
+def si(value: float) -> str:
+    """``2.00 G`` for 2.004e9: counts such as FLOPs, with three significant digits."""
+    exponent = min(int(math.log10(abs(value)) // 3), len(_SI) - 1)
+    scaled = value / 10 ** (3 * exponent)
+    decimals = 2 if abs(scaled) < 10 else 1 if abs(scaled) < 100 else 0
+    return f"{scaled:.{decimals}f} {_SI[exponent]}"
 
 
 def parts(row: pd.Series, metric: str) -> tuple[str, str, str]:

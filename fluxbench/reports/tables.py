@@ -40,6 +40,8 @@ def is_flops(metric: str) -> bool:
 def label(metric: str) -> str:
     if metric.startswith("error."):
         return metric.removeprefix("error.")
+    if is_flops(metric) and metric not in LABELS:
+        return metric.lower().replace("flops", "FLOPs").replace("_", " ")
     return LABELS.get(metric, metric.replace("_", " "))
 
 
