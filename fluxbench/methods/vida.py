@@ -161,6 +161,3 @@ class ViDA(TestTimeMethod):
             if param.requires_grad:
                 mask = torch.rand(param.shape).to(param.device) < self.hparams.restore_prob
                 param.copy_(torch.where(mask, self.source_state[name], param))
-
-    def cost(self) -> dict[str, float]:
-        return {"forward_passes_per_batch": float(self.hparams.num_augment + 2)}
