@@ -82,6 +82,12 @@ class MOSHparams(TrainingHparams):
         check_choice("faithful_to_code", self.faithful_to_code, (True, False))
 
 
+def adapter_config(ffn_num: int) -> dict:
+    """The attach() options of MOS's adapters: beside the MLP, on the residual stream, ReLU, scale 0.1, dropout 0.1."""
+    return dict(bottleneck=ffn_num, scale=ADAPTER_SCALE, dropout=ADAPTER_DROPOUT, act="relu", position="mlp",
+                input="residual")
+
+
 def dispersion_loss(feats: torch.Tensor, old_means: torch.Tensor | None) -> torch.Tensor:
     """Each row of [old class means; batch features] should be most similar to itself (unnormalised)."""
     m = feats.float() if old_means is None else torch.cat([old_means, feats.float()])
@@ -105,8 +111,7 @@ class MOS(SupervisedMethod):
     def __init__(self, hparams: MOSHparams, ctx) -> None:
         super().__init__(hparams, ctx)
         backbone = ctx.build_backbone().to(ctx.device).requires_grad_(False)
-        self.adapters = attach(backbone, "adapter", bottleneck=hparams.ffn_num, scale=ADAPTER_SCALE,
-                               dropout=ADAPTER_DROPOUT, act="relu", position="mlp", input="residual")
+        self.adapters = attach(backbone, "adapter", **adapter_config(hparams.ffn_num))
         self.model = ClassifierModel(backbone, ctx.num_classes).to(ctx.device)
         nn.init.trunc_normal_(self.model.head.weight, std=0.02)  # timm's head init, as upstream's ViT head
         nn.init.zeros_(self.model.head.bias)
