@@ -217,13 +217,17 @@ def test_parallel_workers_run_each_trial_once(make_config):
     assert len(seeds) == 4 + 2
 
 
-def _complete(root: Path) -> list[optuna.trial.FrozenTrial]:
+def _trials(root: Path, state: str) -> list[optuna.trial.FrozenTrial]:
     if not (root / "optuna.db").is_file():
         return []
     try:
-        return [t for t in study_of(root).trials if t.state.name == "COMPLETE"]
+        return [t for t in study_of(root).trials if t.state.name == state and "process" in t.user_attrs]
     except Exception:  # the child is still creating the database or the study
         return []
+
+
+def _in_second_trial(root: Path) -> bool:
+    return bool(_trials(root, "COMPLETE")) and bool(_trials(root, "RUNNING"))
 
 
 def test_killed_during_phase1_the_same_command_finishes_without_rerunning_trials(tmp_path):
@@ -232,11 +236,11 @@ def test_killed_during_phase1_the_same_command_finishes_without_rerunning_trials
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
-    while not _complete(tmp_path) and first.poll() is None and time.monotonic() < deadline:
+    while not _in_second_trial(tmp_path) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    before = {t.number: t.user_attrs["mlflow_run_id"] for t in _complete(tmp_path)}
+    before = {t.number: t.user_attrs["mlflow_run_id"] for t in _trials(tmp_path, "COMPLETE")}
     assert 1 <= len(before) < 3, first.stdout.read()
     running = [t.number for t in study_of(tmp_path).trials if t.state.name == "RUNNING"]
     assert len(running) == 1  # killed inside a trial
@@ -341,3 +345,16 @@ def test_a_trial_whose_process_died_is_requeued_not_counted(tmp_path):
     for t in claimed:
         study.complete(t, 0.5, {})
     assert study.counted(study.trials()) == 2  # the interrupted trial does not use up budget
+
+
+def test_tpe_claims_new_trials_until_the_budget_is_spent(tmp_path):
+    dists = search_distributions({"lam": {"low": 1.0, "high": 100.0, "log": True}})
+    budget, points = plan(dists, "tpe", 3, seed=0)
+    study = SearchStudy(f"sqlite:///{tmp_path / 'optuna.db'}", "s", dists, "tpe", 0, budget, tmp_path / "lock")
+    study.prepare(points)
+    trials = []
+    while (trial := study.claim()) is not None:
+        trials.append(trial)
+        study.complete(trial, trial.params["lam"] / 100, {})
+    assert len(trials) == 3 and all(1.0 <= t.params["lam"] <= 100.0 for t in trials)
+    assert study.best().number == max(trials, key=lambda t: t.params["lam"]).number

@@ -200,6 +200,9 @@ def make_pool(cfg: Mapping[str, Any]) -> Executor | None:
 def run_phase1(cfg: Mapping[str, Any], key: str, parent: RunHandle, tracker: Tracker, split: DataSplit,
                pool: Executor | None) -> SearchStudy:
     study, points = open_study(cfg, key)
+    if study.budget < int(cfg["protocol"]["n_trials"]):
+        print(f"protocol.n_trials={cfg['protocol']['n_trials']} capped at the {study.budget} distinct "
+              "configurations of method.search_space", flush=True)
     interrupted = study.prepare(points)
     if interrupted:
         print(f"resuming the study: trials {interrupted} were interrupted and run again", flush=True)
@@ -245,9 +248,9 @@ def _fmt(values: Mapping[str, Any]) -> str:
 def select(study: SearchStudy) -> Any:
     best = study.best()
     if best is None:
-        reasons = [t.user_attrs.get("failure", "") for t in study.trials() if "failure" in t.user_attrs]
-        raise FluxbenchError(f"all {len(reasons)} phase-1 trials failed (trial 0: {reasons[0] if reasons else '?'}); "
-                             "narrow method.search_space")
+        failed = [t for t in study.trials() if "failure" in t.user_attrs]
+        first = f"trial {failed[0].number}: {failed[0].user_attrs['failure']}" if failed else "none finished"
+        raise FluxbenchError(f"all {len(failed)} phase-1 trials failed ({first}); narrow method.search_space")
     return best
 
 
