@@ -35,7 +35,7 @@ import yaml
 
 from fluxbench.benchmarks import DataSplit, shared_samples
 from fluxbench.errors import ConfigError, DivergedError, FluxbenchError, LeakageError
-from fluxbench.methods.registry import hyperparameters, validate_hyperparameters
+from fluxbench.methods.registry import get_method, hyperparameters, validate_hyperparameters
 from fluxbench.protocols.execution import SeedResult, run_seed
 from fluxbench.protocols.progress import Progress
 from fluxbench.protocols.search import SearchStudy, plan, search_distributions, storage_url
@@ -75,6 +75,9 @@ def check_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if int(protocol[key]) < 1:
             raise ConfigError(f"protocol.{key} must be at least 1; got {protocol[key]}")
     method = cfg["method"]
+    if get_method(method["name"]).kind != "supervised":
+        raise ConfigError(f"method {method['name']!r} is test-time only; two_phase tunes and evaluates continual "
+                          "learners: use protocol=online_tta, or a supervised method")
     dists = search_distributions(method.get("search_space"))
     for name, dist in dists.items():
         if name not in hyperparameters(method):
