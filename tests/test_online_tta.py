@@ -232,3 +232,29 @@ def test_command_line_run_with_a_stream_setting(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "source on digits_c (reset_each_shift)" in out.stdout and "contrast-5" in out.stdout
     assert (tmp_path / "mlflow.db").is_file()
+
+
+def test_released_cifar10_c_files_stream_through_a_source_model_trained_on_cifar10(tmp_path):
+    from conftest import compose_config
+    from datasets_fixtures import write_cifar10
+    from test_corruption_readers import PER_SEVERITY, write_cifar_c
+
+    from fluxbench.methods import create_method
+    from fluxbench.protocols.tta_data import load_domains
+
+    write_cifar10(tmp_path, per_batch=8)
+    written, labels = write_cifar_c(tmp_path)
+    cfg = compose_config("protocol=online_tta", "benchmark=cifar10_c", "method=tent", f"data_root={tmp_path}",
+                         "benchmark.corruptions.names=[gaussian_noise,fog]", "protocol.batch_size=3",
+                         "benchmark.source_models.default.epochs=1", "benchmark.source_models.default.args.width=8")
+    domains, num_classes = load_domains(cfg)
+    assert num_classes == 10 and sorted(domains) == [("fog", 5), ("gaussian_noise", 5)]
+    assert np.array_equal(domains[("fog", 5)].images, written["fog"][4 * PER_SEVERITY:])
+    stream = seed_stream(cfg, domains, num_classes, seed=0)
+    method = create_method(cfg["method"], method_context(cfg, num_classes))
+    assert method.model.recipe["train_on"] == [{"dataset": "cifar10", "parts": ["train"]}]
+    hits = adapt_stream(method, stream, 3, "cpu")
+    assert [len(h) for h in hits] == [PER_SEVERITY, PER_SEVERITY]
+    order = [int(i.rsplit("/", 1)[1]) for i in stream[1].test.ids]
+    assert np.array_equal(stream[1].test.labels, labels[order])
+    assert set(tta_metrics(stream, hits)) == {"error.gaussian_noise-5", "error.fog-5", "mean_error"}

@@ -263,3 +263,27 @@ def test_tta_methods_refuse_a_benchmark_without_source_models():
     cfg["benchmark"].pop("source_models")
     with pytest.raises(ConfigError, match="needs a trained source model"):
         build(cfg)
+
+
+def test_timm_source_models_come_with_their_trained_head(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from fluxbench.backbones.source_models import build_source_model
+    from fluxbench.errors import DataError
+
+    model = timm.create_model("test_resnet", num_classes=10)
+    full, headless = tmp_path / "full.safetensors", tmp_path / "headless.safetensors"
+    save_file(model.state_dict(), str(full))
+    save_file({k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}, str(headless))
+    spec = {"kind": "timm", "model": "test_resnet", "num_classes": 10}
+    source = build_source_model({"default": {**spec, "weights": str(full)}})
+    x = torch.rand(2, 3, 160, 160)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(source(x), model((x - 0.5) / 0.5), atol=1e-5)  # timm's own normalisation
+    assert source.recipe["kind"] == "timm" and len(source.recipe["recipe_hash"]) == 16
+    with pytest.raises(DataError, match="no fc.\\* classifier"):
+        build_source_model({"default": {**spec, "weights": str(headless)}})
+    with pytest.raises(ConfigError, match="has no 'vit'; defined: default"):
+        build_source_model({"default": spec}, "vit")

@@ -221,7 +221,8 @@ def _save(model: nn.Module, path: Path) -> None:
 # -- kind "timm" ------------------------------------------------------------------------------------
 def timm_source(spec: Mapping[str, Any]) -> SourceClassifier:
     """A timm classifier with its trained head: ``model`` (timm name), ``weights`` (a local file, or null for
-    the Hugging Face cache), ``num_classes`` (of the head in the file), ``mean``/``std``, ``model_kwargs``."""
+    the Hugging Face cache), ``num_classes`` (of the head in the file), ``mean``/``std`` (absent: the model's
+    pretrained config; null: raw [0, 1] pixels), ``model_kwargs``."""
     import timm
 
     from fluxbench.backbones.loading import ResizeCrop, create_timm_model, resolve_timm_weights
@@ -237,7 +238,9 @@ def timm_source(spec: Mapping[str, Any]) -> SourceClassifier:
     recipe = {"kind": "timm", "model": name, "weights": str(weights), "num_classes": num_classes,
               "input_size": list(data_cfg["input_size"])}
     recipe["recipe_hash"] = recipe_hash(recipe)
-    backbone = FeatureBackbone(model, num_classes, spec.get("mean"), spec.get("std"))
+    mean = spec["mean"] if "mean" in spec else data_cfg["mean"]  # absent: the model's own normalisation
+    std = spec["std"] if "std" in spec else data_cfg["std"]
+    backbone = FeatureBackbone(model, num_classes, mean, std)
     backbone.transform = ResizeCrop(data_cfg["input_size"][1:], data_cfg.get("interpolation", "bicubic"),
                                     float(data_cfg.get("crop_pct", 1.0)))
     return SourceClassifier(backbone, nn.Identity(), recipe)
