@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,23 @@ def fluxbench_cache(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def empty_store_template(tmp_path_factory) -> Path:
+    """An MLflow SQLite database with its schema migrated once (migrations take seconds per store)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    store = SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "artifacts"))
+    store.engine.dispose()
+    return path
+
+
 @pytest.fixture
-def store(tmp_path) -> dict[str, str]:
-    """Tracking overrides pointing at a fresh SQLite store in the test's own directory."""
+def store(tmp_path, monkeypatch, empty_store_template) -> dict[str, str]:
+    """Tracking overrides pointing at a fresh SQLite store in the test's own directory (also the cwd,
+    so that MLflow's default artifact root lands there too)."""
+    shutil.copy(empty_store_template, tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
     return {
         "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "tracking.checkpoint_dir": str(tmp_path / "checkpoints"),

@@ -1,8 +1,11 @@
 """The MLflow run tree a protocol call leaves behind, read back through MLflow's own client."""
 
+import shutil
+
 import numpy as np
 import pytest
 import yaml
+from conftest import compose_config
 from mlflow.tracking import MlflowClient
 
 from fluxbench.protocols import conventional
@@ -10,9 +13,14 @@ from fluxbench.tracking import Tracker
 from fluxbench.tracking.mlflow_store import HASH_TAG, read_matrix
 
 
-@pytest.fixture
-def finished_run(make_config, store):
-    cfg = make_config("method=finetune", "method.epochs=1", "protocol.num_seeds=2")
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, empty_store_template):
+    """One real conventional run (two seeds), shared by the read-only tests of this module."""
+    root = tmp_path_factory.mktemp("tracking")
+    shutil.copy(empty_store_template, root / "mlflow.db")
+    cfg = compose_config("method=finetune", "method.epochs=1", "protocol.num_seeds=2",
+                         f"tracking.uri=sqlite:///{root / 'mlflow.db'}", f"tracking.checkpoint_dir={root / 'ckpt'}",
+                         "tracking.experiment=tests")
     tracker = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
     out = conventional.run(cfg, tracker)
     return cfg, tracker, out
