@@ -212,6 +212,23 @@ def test_cema_uploads_only_reliable_informative_non_redundant_samples():
     assert (cos[kept] < 0.4).all() and (cos[:2] >= 0.4).all()
 
 
+def test_cema_threshold_is_static_until_a_warm_up_then_follows_the_mean_entropy():
+    static, _ = cema()
+    dynamic, _ = cema("method.warm_up_samples=4", "method.ent_high_margin_coeff=1.0")
+    mild = torch.full((4, 10), -1.0)
+    mild[:, 0] = 1.0
+    sure = torch.full((4, 10), -3.0)
+    sure[:, 0] = 3.0
+    for method in (static, dynamic):
+        method.select(mild)
+    assert static.e_max() == dynamic.e_max() == pytest.approx(0.4 * math.log(10))  # warm-up mean = current mean
+    for method in (static, dynamic):
+        method.select(sure)
+    ratio = (entropy(mild).sum() + entropy(sure).sum()) / 8 / entropy(mild).mean()
+    assert static.e_max() == pytest.approx(0.4 * math.log(10))
+    assert dynamic.e_max() == pytest.approx(0.4 * math.log(10) * float(ratio)) and float(ratio) < 1
+
+
 def test_cema_upload_fraction_shrinks_with_the_entropy_threshold():
     fractions = [run_method("cema", f"method.ent_high_margin={m}", "method.d_margin=null",
                             "benchmark.corruptions.names=[defocus_blur]")[1]["upload_fraction"] for m in (0.4, 0.2)]
@@ -219,20 +236,25 @@ def test_cema_upload_fraction_shrinks_with_the_entropy_threshold():
 
 
 def test_cema_edge_is_forward_only_and_only_norm_parameters_change():
-    method, stream = cema("method.d_margin=null", "method.cloud_batch_size=16")
+    method, stream = cema("method.d_margin=null", "method.cloud_batch_size=16", "method.replay_buffer_size=300")
     edge0, found0 = state(method.edge), state(method.foundation)
-    served = []
-    original = method.deployed
+    served, replayed_from = [], []
+    deployed, replay = method.deployed, method.replay
 
-    def spy():
-        model = original()
-        served.append(model)
-        return model
+    def spy_deployed():
+        served.append(deployed())
+        return served[-1]
 
-    method.deployed = spy
+    def spy_replay(k):
+        replayed_from.append(len(method.buffer))
+        return replay(k)
+
+    method.deployed, method.replay = spy_deployed, spy_replay
     for x in first_batches(stream, 3, 1) + first_batches(stream, 3, 2) + first_batches(stream, 6, 3):
         method.adapt(x)
+        assert len(method.buffer) <= 300
     assert method.cloud_steps > 0 and len(served) == 12
+    assert replayed_from and min(replayed_from) >= 256  # replay only from a buffer of 256 samples
     shadow = served[-1]
     assert shadow is not method.edge and all(p.grad is None for p in shadow.parameters())
     assert any(isinstance(m, TBRBatchNorm2d) for m in method.edge.modules())

@@ -7,8 +7,8 @@ random order, gamma after clamping to 1e-8); edge padding by half the size; Rand
 translation, scale; bilinear); GaussianBlur (kernel 5); centre crop back; horizontal flip (p 0.5);
 Gaussian noise; clip. As there, applied to a batch tensor, every draw is made once per call and
 shared by the whole batch. What differs: torchvision's functional ops on tensors (v2), draws from
-torch's global generator (the protocol seeds it), and the pad/crop size follows the input size
-rather than a fixed 384 or 224.
+torch's generators (the protocol seeds them; the noise is drawn on the batch's device), and the
+pad/crop size follows the input size rather than a fixed 384 or 224.
 """
 
 from __future__ import annotations
@@ -56,5 +56,5 @@ def cotta_augment(x: torch.Tensor, noise_std: float = 0.005, ranges: dict = STRO
     x = TF.center_crop(x, [h, w])
     if float(torch.rand(())) < 0.5:
         x = TF.horizontal_flip(x)
-    x = x + torch.randn(x.shape).to(x.device) * noise_std
+    x = x + torch.randn(x.shape, device=x.device) * noise_std
     return x.clamp(0.0, 1.0)

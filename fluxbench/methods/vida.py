@@ -159,5 +159,5 @@ class ViDA(TestTimeMethod):
         """Each trainable student element goes back to its source value with probability ``restore_prob``."""
         for name, param in self.student.named_parameters():
             if param.requires_grad:
-                mask = torch.rand(param.shape).to(param.device) < self.hparams.restore_prob
+                mask = torch.rand(param.shape, device=param.device) < self.hparams.restore_prob
                 param.copy_(torch.where(mask, self.source_state[name], param))
