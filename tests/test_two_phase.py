@@ -3,9 +3,11 @@ diverging trials, parallel workers, and the search-space plumbing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -217,17 +219,22 @@ def test_parallel_workers_run_each_trial_once(make_config):
     assert len(seeds) == 4 + 2
 
 
-def _trials(root: Path, state: str) -> list[optuna.trial.FrozenTrial]:
-    if not (root / "optuna.db").is_file():
+def _claimed_states(root: Path) -> list[str]:
+    """States of the trials a process has claimed, read with sqlite3 only (never creating the database)."""
+    path = root / "optuna.db"
+    if not path.is_file():
         return []
     try:
-        return [t for t in study_of(root).trials if t.state.name == state and "process" in t.user_attrs]
-    except Exception:  # the child is still creating the database or the study
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            return [s for (s,) in db.execute("SELECT t.state FROM trials t JOIN trial_user_attributes a "
+                                             "ON a.trial_id = t.trial_id AND a.key = 'process'")]
+    except sqlite3.Error:  # the child is still creating its tables
         return []
 
 
 def _in_second_trial(root: Path) -> bool:
-    return bool(_trials(root, "COMPLETE")) and bool(_trials(root, "RUNNING"))
+    states = _claimed_states(root)
+    return "COMPLETE" in states and "RUNNING" in states
 
 
 def test_killed_during_phase1_the_same_command_finishes_without_rerunning_trials(tmp_path):
@@ -240,7 +247,7 @@ def test_killed_during_phase1_the_same_command_finishes_without_rerunning_trials
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    before = {t.number: t.user_attrs["mlflow_run_id"] for t in _trials(tmp_path, "COMPLETE")}
+    before = {t.number: t.user_attrs["mlflow_run_id"] for t in study_of(tmp_path).trials if t.state.name == "COMPLETE"}
     assert 1 <= len(before) < 3, first.stdout.read()
     running = [t.number for t in study_of(tmp_path).trials if t.state.name == "RUNNING"]
     assert len(running) == 1  # killed inside a trial

@@ -201,10 +201,11 @@ class SearchStudy:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.dists, self.sampler_name, self.budget, self.lock_path = dict(dists), sampler, budget, lock_path
-        storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {})
-        self.storage = storage
-        self.study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                         sampler=optuna.samplers.RandomSampler(seed=seed), load_if_exists=True)
+        with file_lock(lock_path):  # concurrent calls (a multirun over methods) share one database: create it once
+            kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+            self.storage = storage = RDBStorage(url, engine_kwargs=kwargs)
+            self.study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                             sampler=optuna.samplers.RandomSampler(seed=seed), load_if_exists=True)
         self._study_id = storage.get_study_id_from_name(name)
         if sampler == "tpe":  # a seed per worker and per resumption: parallel or resumed workers propose anew
             derived = np.random.default_rng([seed, worker, len(self.study.get_trials(deepcopy=False))])
