@@ -17,7 +17,8 @@ paper's budget is 30 configurations x 5 seeds, the embedded default a smaller on
 MLflow: a parent run per call; under it one run per trial (``fluxbench.kind=trial``,
 ``phase=tuning``) with one run per seed below it, and the phase-2 seed runs
 (``phase=evaluation``). The parent holds ``selected.<hp>`` tags, phase-2 ``<metric>_mean/_std/_ci95``,
-``conventional_<metric>``, ``overestimation_gap`` and ``summary.json``.
+``conventional_<metric>``, ``overestimation_gap`` and ``summary.json``. Resuming is by config hash: the
+same command finds its parent and study; a seed run whose exact config already finished is read back, not re-run.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing import get_context
@@ -135,6 +137,8 @@ def run_trial(cfg: Mapping[str, Any], study: SearchStudy, trial: Any, split: Dat
             raise DivergedError(f"{metric} is {score} for every seed")
     except Exception as err:  # a diverging (or crashing) trial is a result: record it and go on
         reason = f"{type(err).__name__}: {err}"
+        if not isinstance(err, FluxbenchError):  # not a user-facing error: keep the traceback for a bug report
+            tracker.log_text(run, traceback.format_exc(), "failure.txt")
         tracker.set_tags(run, {"fluxbench.failure": reason})
         tracker.end(run, "FAILED")
         study.fail(trial, reason, {"mlflow_run_id": run.run_id})
@@ -245,6 +249,8 @@ def run_phase2(cfg: Mapping[str, Any], parent: RunHandle, tracker: Tracker, spli
 
 # -- the call --------------------------------------------------------------------------------
 def _fmt(values: Mapping[str, Any]) -> str:
+    if not values:
+        return "(defaults: nothing to tune)"
     return "(" + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()) + ")"
 
 
@@ -279,7 +285,7 @@ def report(cfg: Mapping[str, Any], tracker: Tracker, parent: RunHandle, study: S
                "trials": trials}
     tracker.log_json(parent, summary, "summary.json")
     print(format_table({"two-phase": agg, "conventional (phase-1 best)": conventional}))
-    print(f"selected (trial {best.number}): {_fmt(best.params) if best.params else '(defaults: nothing to tune)'}")
+    print(f"selected (trial {best.number}): {_fmt(best.params)}")
     print(f"overestimation gap ({metric}): {100 * gap:+.2f} points (conventional minus two-phase)")
     for reason in failed:
         print(f"warning: phase-2 {reason}", file=sys.stderr)
