@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-MAIN_JOB ?= protocol=conventional method=finetune
+MAIN_JOB ?= protocol=two_phase method=mos
 
 .PHONY: install run test lint browser perf
 

@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fluxbench never downloads at run time
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # idle OpenMP threads yield instead of spinning: small models on a busy machine otherwise slow down 10x+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     for noisy in ("timm", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if not argv or argv[0] in ("-h", "--help"):

@@ -23,7 +23,7 @@ import numpy as np
 
 HASH_TAG = "fluxbench.config_hash"
 KIND_TAG = "fluxbench.kind"
-_EXCLUDED_FROM_HASH = ("tracking",)
+_EXCLUDED_FROM_HASH = ("tracking", "progress")  # where results go and how they are shown
 _PACKAGES = ("fluxbench", "torch", "torchvision", "timm", "avalanche-lib", "open_clip_torch", "mlflow", "optuna")
 
 
