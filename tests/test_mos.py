@@ -164,6 +164,16 @@ def test_classifier_alignment_trains_only_the_head(monkeypatch):
     assert accuracy > 0.9, f"alignment accuracy on the sampled features: {accuracy:.3f}"
 
 
+def test_removing_classifier_alignment_lowers_old_class_accuracy(trained):
+    _, stream, _, R = trained
+    method, _ = make("method.crct_epochs=0")
+    R_without = train_and_evaluate(method, stream, torch.device("cpu"))
+    sizes = np.array([len(exp.test) for exp in stream[:-1]])
+    with_ca, without = (float(np.average(m[-1, :-1], weights=sizes)) for m in (R, R_without))
+    print(f"old-class accuracy after the last task: {with_ca:.3f} with alignment, {without:.3f} without")
+    assert with_ca > without
+
+
 def test_retrieval_picks_the_right_task_adapter_for_most_samples(trained, record_property):
     method, stream, _, _ = trained
     x, y = seen_test(stream, len(stream) - 1)
