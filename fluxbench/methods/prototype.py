@@ -40,7 +40,7 @@ class Prototype(Method):
     def train_experience(self, exp: Experience) -> None:
         sums = torch.zeros_like(self.prototypes)
         counts = torch.zeros(len(self.prototypes), device=self.device)
-        for x, y in exp.train_batches(self.hparams.batch_size, self.device, shuffle=False):
+        for x, y in exp.train_batches(self.hparams.batch_size, self.device, shuffle=False, augment=False):
             feats = self.backbone(x)
             sums.index_add_(0, y, feats)
             counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))

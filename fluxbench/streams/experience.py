@@ -56,14 +56,16 @@ class Experience:
         return to_float(x), y
 
     def train_batches(
-        self, batch_size: int, device: torch.device | str = "cpu", shuffle: bool = True, drop_last: bool = False
+        self, batch_size: int, device: torch.device | str = "cpu", shuffle: bool = True, drop_last: bool = False,
+        augment: bool = True,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled mini-batches of the training part, augmented by ``train_transform``.
+        """Mini-batches of the training part, augmented by ``train_transform`` unless ``augment`` is off
+        (statistics such as class prototypes are computed on clean images).
 
         Shuffling draws from torch's global generator, which the protocol seeds.
         """
         x, y = self._uint8("train", device)
-        yield from iterate_batches(x, y, batch_size, shuffle, drop_last, self.train_transform)
+        yield from iterate_batches(x, y, batch_size, shuffle, drop_last, self.train_transform if augment else None)
 
     def test_batches(
         self, batch_size: int, device: torch.device | str = "cpu"
