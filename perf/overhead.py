@@ -4,7 +4,7 @@ The same model (a small CNN with fluxbench's input normalisation), the same data
 decoded once), the same optimiser and the same number of steps, three ways in one process.
 Prints img/s for each and the ratio to the hand-written loop (goal: fluxbench >= 0.97).
 
-    .venv/bin/python perf/overhead.py [--samples 4096] [--epochs 3] [--batch-size 64] [--repeats 3]
+    .venv/bin/python perf/overhead.py [--samples 4096] [--epochs 3] [--batch-size 64] [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -90,7 +90,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="best of N for each (interleaved)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     exp = make_data(args.samples)
     runners = {"hand-written loop": hand_written, "fluxbench finetune": fluxbench_finetune,
                "avalanche Naive": avalanche_naive}
