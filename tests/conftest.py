@@ -23,6 +23,17 @@ def fluxbench_cache(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The test models are tiny: one intra-op thread is as fast, and far faster on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def empty_store_template(tmp_path_factory) -> Path:
     """An MLflow SQLite database with its schema migrated once (migrations take seconds per store)."""

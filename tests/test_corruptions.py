@@ -42,15 +42,6 @@ NOT_MONOTONE = {
 CHANNEL_FREE = set(CORRUPTIONS) - {"gaussian_noise", "shot_noise", "impulse_noise", "frost", "jpeg_compression"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is faster and immune to other processes on a 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def natural(size: int, count: int = 2) -> torch.Tensor:
     """scikit-learn's two bundled photos, centre-cropped square and resized to ``size``: (count, 3, size, size)."""
     out = []

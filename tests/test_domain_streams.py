@@ -19,14 +19,6 @@ from fluxbench.streams.manifest import stream_manifest
 N = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def clean() -> ImageDataset:
     return read_digits(None).test.subset(np.arange(N), name="digits/test")

@@ -24,14 +24,6 @@ from fluxbench.tracking.mlflow_store import HASH_TAG, KIND_TAG
 TWO = ("defocus_blur", "contrast")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Recorder(TestTimeMethod):
     """Predicts class 0 for everything, except that each call shifts its prediction (state that changes per batch);
     records every call."""

@@ -22,15 +22,6 @@ from fluxbench.protocols.tta_data import unlabeled_batches
 TTA_METHODS = [name for name in list_methods() if get_method(name).kind == "tta"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two cores shared by several test processes: one thread each is faster than oversubscribing."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def first_batches(stream, n: int, index: int = 1, batch_size: int = 64) -> list[torch.Tensor]:
     """The first ``n`` unlabeled batches of experience ``index``."""
     batches = unlabeled_batches(stream[index].test, batch_size, "cpu")

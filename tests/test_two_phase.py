@@ -53,17 +53,6 @@ def artifact_json(tracker: Tracker, run_id: str, path: str) -> dict:
     return json.loads(tracker.read_text(run_id, path))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The model is tiny: one intra-op thread is fastest, and on a shared 2-core machine far faster than two."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def three_methods(tmp_path_factory):
     """finetune, ewc and prototype through two_phase on digits, all in one MLflow store."""
