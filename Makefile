@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-MAIN_JOB ?= protocol=two_phase method=mos
+MAIN_JOB ?= protocol=two_phase method=mos protocol.n_jobs=2
 
 .PHONY: install run test lint browser perf
 
