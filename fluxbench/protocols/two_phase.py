@@ -251,7 +251,7 @@ def run_phase2(cfg: Mapping[str, Any], parent: RunHandle, tracker: Tracker, spli
 def _fmt(values: Mapping[str, Any]) -> str:
     if not values:
         return "(defaults: nothing to tune)"
-    return "(" + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()) + ")"
+    return "(" + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()) + ")"
 
 
 def select(study: SearchStudy) -> Any:
