@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 from conftest import compose_config
+from method_helpers import seen_test, states_equal
 from test_methods import run_supervised
 
 from fluxbench.errors import ConfigError
@@ -30,15 +31,6 @@ def make(*overrides: str, epochs: int = 5):
     seed_everything(0)
     stream = build_stream(cfg, split, seed=0)
     return create_method(cfg["method"], method_context(cfg, num_classes=10)), stream
-
-
-def seen_test(stream, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*(exp.tensors("test") for exp in stream[: upto + 1]))
-    return torch.cat(xs), torch.cat(ys)
-
-
-def states_equal(a: dict, b: dict) -> bool:
-    return all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")

@@ -150,12 +150,8 @@ def run_seed(
             progress(1)
 
     started = time.perf_counter()
-    try:
+    with tracker.failing_on_error(run):
         R = train_and_evaluate(method, stream, ctx.device, start, matrix, after_experience)
-    except BaseException as err:
-        tracker.set_tags(run, {"fluxbench.failure": f"{type(err).__name__}: {err}"})
-        tracker.end(run, "FAILED")
-        raise
     metrics = summarize_matrix(R, sizes)
     metrics.update(wall_time_s=time.perf_counter() - started, peak_memory_mb=peak_memory_mb(ctx.device),
                    **method.cost())

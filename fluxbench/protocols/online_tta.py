@@ -134,14 +134,10 @@ def run_seed(cfg: Mapping[str, Any], domains, num_classes: int, fingerprint: str
             progress(1)
 
     started = time.perf_counter()
-    try:
+    with tracker.failing_on_error(run):
         method = create_method(cfg["method"], ctx)
         tracker.set_tags(run, built)
         hits = adapt_stream(method, stream, int(cfg["protocol"]["batch_size"]), ctx.device, after_experience)
-    except BaseException as err:
-        tracker.set_tags(run, {"fluxbench.failure": f"{type(err).__name__}: {err}"})
-        tracker.end(run, "FAILED")
-        raise
     metrics = tta_metrics(stream, hits)
     metrics.update(wall_time_s=time.perf_counter() - started, peak_memory_mb=peak_memory_mb(ctx.device),
                    **method.cost())

@@ -13,7 +13,8 @@ import io
 import json
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 
 HASH_TAG = "fluxbench.config_hash"
 KIND_TAG = "fluxbench.kind"
+FAILURE_TAG = "fluxbench.failure"
 _EXCLUDED_FROM_HASH = ("tracking", "progress")  # where results go and how they are shown
 _PACKAGES = ("fluxbench", "torch", "torchvision", "timm", "avalanche-lib", "open_clip_torch", "mlflow", "optuna")
 
@@ -150,6 +152,16 @@ class Tracker:
         buf = io.StringIO()
         np.savetxt(buf, np.asarray(R, dtype=float), delimiter=",", fmt="%.6f")
         self.client.log_text(run.run_id, buf.getvalue(), path)
+
+    @contextmanager
+    def failing_on_error(self, run: RunHandle) -> Iterator[None]:
+        """Any exception (a kill included) ends ``run`` as FAILED with its reason, then propagates."""
+        try:
+            yield
+        except BaseException as err:
+            self.set_tags(run, {FAILURE_TAG: f"{type(err).__name__}: {err}"})
+            self.end(run, "FAILED")
+            raise
 
     def end(self, run: RunHandle, status: str = "FINISHED") -> None:
         self.client.set_terminated(run.run_id, status=status)
