@@ -1,0 +1,43 @@
+"""The MLflow run layout: every tag, artifact and run-kind name fluxbench writes or reads.
+
+Protocols write runs through :class:`~fluxbench.tracking.mlflow_store.Tracker`; reports read
+them back through :mod:`fluxbench.tracking.reading`. Both use these names, and no string
+literal of their own, so the layout is stated once.
+
+One protocol call is a *parent* run (``KIND_PROTOCOL``). Under it, per seed, a ``KIND_SEED``
+run (two_phase: its tuning seeds sit under ``KIND_TRIAL`` runs). A parent names the metric
+that ranks it (``RANK_TAG``) and, for lower-is-better metrics, says so (``RANK_ORDER_TAG``).
+"""
+
+from __future__ import annotations
+
+# -- tags ---------------------------------------------------------------------------------
+HASH_TAG = "fluxbench.config_hash"  # what the run computes: a finished hash is skipped, an unfinished one resumed
+KIND_TAG = "fluxbench.kind"  # protocol | trial | seed
+FAILURE_TAG = "fluxbench.failure"  # "<ExceptionType>: <message>" of a failed or killed run
+SIZES_TAG = "fluxbench.sizes"  # JSON list: test samples per experience (weights of the accuracy matrix)
+RANK_TAG = "fluxbench.rank_metric"  # the metric (a seed-run metric name) the parent is ranked by
+RANK_ORDER_TAG = "fluxbench.rank_order"  # "max" (higher is better) or "min"
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+PROTOCOL_TAG = "protocol"
+METHOD_TAG = "method"
+BENCHMARK_TAG = "benchmark"
+SETTING_TAG = "setting"  # online_tta: continual | gradual | mixed | reset_each_shift
+PHASE_TAG = "phase"  # tuning | evaluation
+SEED_TAG = "seed"
+TRIAL_TAG = "trial"
+GIT_TAG = "git_commit"
+FINGERPRINT_TAG = "data_fingerprint.{role}"  # .format(role="tuning" | "evaluation")
+SELECTED_TAG = "selected.{name}"  # two_phase: a selected hyperparameter value
+
+# -- values --------------------------------------------------------------------------------
+KIND_PROTOCOL, KIND_TRIAL, KIND_SEED = "protocol", "trial", "seed"
+PHASE_TUNING, PHASE_EVALUATION = "tuning", "evaluation"
+
+# -- artifacts -----------------------------------------------------------------------------
+CONFIG_ARTIFACT = "config.yaml"  # the resolved config
+SUMMARY_ARTIFACT = "summary.json"  # the parent's aggregate over seeds (and, two_phase, the selection)
+MATRIX_ARTIFACT = "accuracy_matrix.csv"  # R[i, j] of a class-incremental seed run
+MANIFEST_ARTIFACT = "stream_manifest.json"  # the exact stream of a seed run
+FAILURE_ARTIFACT = "failure.txt"  # the traceback of a run that failed on a bug (not a user error)
