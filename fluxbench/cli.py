@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from fluxbench.errors import ConfigError, FluxbenchError
+from fluxbench.protocols.interrupts import Interrupted, exit_status
+from fluxbench.protocols.interrupts import install as install_interrupt_handlers
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 USAGE = """usage: fluxbench run [-m] [key=value ...]   train and evaluate (Hydra overrides; -m sweeps)
@@ -81,6 +83,7 @@ def run_command(args: list[str]) -> None:
 
     import fluxbench.methods  # noqa: F401  (registers in-tree methods)
 
+    install_interrupt_handlers()
     check_group_choices([a for a in args if not a.startswith("-")])
     register_plugin_configs()
     if "-m" in args or "--multirun" in args:
@@ -99,6 +102,10 @@ def run_command(args: list[str]) -> None:
             get_protocol(resolved["protocol"]["name"])(resolved, tracker)
         except FluxbenchError as err:
             fail(str(err))
+        except Interrupted as err:
+            print(f"fluxbench: {err}: the open runs are marked KILLED; the same command resumes them",
+                  file=sys.stderr)
+            raise SystemExit(exit_status(err)) from None
 
     sys.argv = [sys.argv[0], *args]
     _main()
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fluxbench never downloads at run time
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # seeds are read back from the store
     # idle OpenMP threads yield instead of spinning: small models on a busy machine otherwise slow down 10x+
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     for noisy in ("timm", "mlflow", "alembic"):

@@ -1,52 +1,38 @@
-"""Running one method over one stream for one seed: train, evaluate, checkpoint, track.
+"""The supervised continual-learning loop: train on an experience, then evaluate every experience seen so far.
 
-Both protocols call :func:`run_seed`. It is resumable: after every experience the
-method's state, the accuracy matrix and the RNG state are saved, and a run restarted
-with the same config hash continues from the last finished experience, giving the same
-numbers as an uninterrupted run.
+:class:`SupervisedLoop` is what :func:`fluxbench.protocols.seeds.run_seed` runs for ``conventional`` and
+``two_phase`` seeds; :func:`train_and_evaluate` is the same loop without tracking, for tests and scripts.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from fluxbench.benchmarks import DataSplit
-from fluxbench.methods import Method, create_method
-from fluxbench.protocols.metrics import summarize_matrix
-from fluxbench.protocols.setup import build_stream, method_context, seed_everything
+from fluxbench.methods import Method, MethodContext
+from fluxbench.protocols.metrics import step_accuracies, summarize_matrix
+from fluxbench.protocols.setup import build_stream, method_context, scenario_of
 from fluxbench.streams.experience import Experience
-from fluxbench.streams.manifest import stream_manifest
-from fluxbench.tracking import RunHandle, Tracker, config_hash, flatten
-from fluxbench.tracking.mlflow_store import read_matrix
-
-
-@dataclass
-class SeedResult:
-    seed: int
-    matrix: np.ndarray
-    sizes: list[int]
-    metrics: dict[str, float] = field(default_factory=dict)
-    run_id: str = ""
-    skipped: bool = False
 
 
 @torch.no_grad()
-def accuracy(method: Method, exp: Experience, device: torch.device, batch_size: int = 256) -> float:
+def accuracy(method: Method, exp: Experience, device: torch.device, num_seen: int, batch_size: int = 256) -> float:
+    """Accuracy on ``exp``'s test set among the ``num_seen`` classes seen so far (the protocol masks, once)."""
     correct = 0
     for x, y in exp.test_batches(batch_size, device):
-        correct += int((method.predict(x).argmax(1) == y).sum())
+        correct += int((method.predict(x)[:, :num_seen].argmax(1) == y).sum())
     return correct / len(exp.test)
+
+
+def learn_experience(method: Method, stream: list[Experience], i: int, R: np.ndarray, device: torch.device) -> None:
+    """Train on experience ``i``, then fill row ``i`` of the accuracy matrix."""
+    method.train_experience(stream[i])
+    for j in range(i + 1):
+        R[i, j] = accuracy(method, stream[j], device, stream[i].num_seen_classes)
 
 
 def train_and_evaluate(
@@ -57,13 +43,11 @@ def train_and_evaluate(
     matrix: np.ndarray | None = None,
     after_experience: Callable[[int, np.ndarray], None] | None = None,
 ) -> np.ndarray:
-    """The CL loop: train on experience ``i``, then evaluate every experience seen so far."""
+    """The CL loop over the whole stream: ``R[i, j]``, accuracy on experience ``j`` after training on ``i``."""
     T = len(stream)
     R = np.full((T, T), np.nan) if matrix is None else matrix
     for i in range(start, T):
-        method.train_experience(stream[i])
-        for j in range(i + 1):
-            R[i, j] = accuracy(method, stream[j], device)
+        learn_experience(method, stream, i, R, device)
         if after_experience:
             after_experience(i, R)
     return R
@@ -78,86 +62,41 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class Checkpoints:
-    """Per-run checkpoint files, written atomically, removed when the run finishes."""
+class SupervisedLoop:
+    """Class-incremental seeds: the stream of ``split`` for each seed; the result is the accuracy matrix."""
 
-    def __init__(self, root: str | Path, key: str) -> None:
-        self.path = Path(root) / f"{key}.pt"
+    resumable = True
 
-    def load(self) -> dict[str, Any] | None:
-        if not self.path.is_file():
-            return None
-        return torch.load(self.path, map_location="cpu", weights_only=False)
+    def __init__(self, cfg: Mapping[str, Any], split: DataSplit) -> None:
+        self.cfg, self.split = cfg, split
+        self.fingerprint = split.fingerprint()
+        self.sizes_of_experiences = scenario_of(cfg).experience_sizes(split.num_classes)  # validates the scenario
 
-    def save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+    def num_experiences(self) -> int:
+        return len(self.sizes_of_experiences)
 
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+    def stream(self, seed: int) -> list[Experience]:
+        return build_stream(self.cfg, self.split, seed, dataset_name=self.split.train.name.split("/")[0])
 
+    def context(self, stream: list[Experience]) -> MethodContext:
+        return method_context(self.cfg, num_classes=stream[-1].num_seen_classes)
 
-def run_seed(
-    cfg: Mapping[str, Any],
-    split: DataSplit,
-    seed: int,
-    tracker: Tracker,
-    parent: RunHandle,
-    tags: Mapping[str, Any] | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> SeedResult:
-    """Train and evaluate the configured method for one seed, as a child run of ``parent``."""
-    chash = config_hash(cfg, "seed", seed, split.fingerprint())
-    done = tracker.finished(chash)
-    if done is not None:
-        matrix = read_matrix(tracker.read_text(done.info.run_id, "accuracy_matrix.csv"))
-        sizes = json.loads(done.data.tags["fluxbench.sizes"])
-        if progress:
-            progress(len(matrix))
-        metrics = {**done.data.metrics, **summarize_matrix(matrix, sizes)}
-        return SeedResult(seed, matrix, sizes, metrics, done.info.run_id, skipped=True)
+    def tags(self) -> dict[str, str]:
+        return {}
 
-    seed_everything(seed)
-    stream = build_stream(cfg, split, seed, dataset_name=split.train.name.split("/")[0])
-    sizes = [len(exp.test) for exp in stream]
-    run = tracker.start(f"seed {seed}", chash, "seed", parent.run_id, {"seed": seed, **(tags or {})})
-    if not run.resumed:
-        tracker.log_params(run, flatten(cfg) | {"seed": seed})
-        manifest = stream_manifest(stream, seed=seed, fingerprint=split.fingerprint())
-        tracker.log_json(run, manifest, "stream_manifest.json")
+    def begin(self, stream: list[Experience]) -> dict[str, torch.Tensor]:
+        T = len(stream)
+        return {"matrix": torch.full((T, T), float("nan"), dtype=torch.float64)}
 
-    ctx = method_context(cfg, num_classes=stream[-1].num_seen_classes)
-    method = create_method(cfg["method"], ctx)
-    ckpt = Checkpoints(Path(cfg["tracking"]["checkpoint_dir"]), chash)
-    state = ckpt.load() if run.resumed else None
-    start, matrix = 0, None
-    if state is not None:
-        method.load_state_dict(state["method"])
-        torch.set_rng_state(state["rng"])
-        start, matrix = state["next"], state["matrix"]
-        if progress:
-            progress(start)
+    def experience(self, method: Method, stream: list[Experience], i: int, partial: dict[str, torch.Tensor],
+                   device: torch.device) -> dict[str, float]:
+        R = partial["matrix"].numpy()  # a view: filling R fills the checkpointed tensor
+        learn_experience(method, stream, i, R, device)
+        sizes = [len(e.test) for e in stream[: i + 1]]
+        return {"accuracy": float(step_accuracies(R[: i + 1, : i + 1], sizes)[-1]),
+                **{f"acc_exp{j}": float(R[i, j]) for j in range(i + 1)}}
 
-    def after_experience(i: int, R: np.ndarray) -> None:
-        step = summarize_matrix(R[: i + 1, : i + 1], sizes[: i + 1])
-        tracker.log_metrics(run, {"accuracy": step["last_accuracy"], **{f"acc_exp{j}": R[i, j] for j in range(i + 1)}},
-                            step=i)
-        ckpt.save({"method": method.state_dict(), "rng": torch.get_rng_state(), "next": i + 1, "matrix": R.copy()})
-        if progress:
-            progress(1)
-
-    started = time.perf_counter()
-    with tracker.failing_on_error(run):
-        R = train_and_evaluate(method, stream, ctx.device, start, matrix, after_experience)
-    metrics = summarize_matrix(R, sizes)
-    metrics.update(wall_time_s=time.perf_counter() - started, peak_memory_mb=peak_memory_mb(ctx.device),
-                   **method.cost())
-    tracker.log_metrics(run, {k: v for k, v in metrics.items() if not math.isnan(v)})
-    tracker.log_matrix(run, R)
-    tracker.set_tags(run, {"fluxbench.sizes": sizes})
-    tracker.end(run)
-    ckpt.clear()
-    return SeedResult(seed, R, sizes, metrics, run.run_id)
+    def result(self, stream: list[Experience], partial: dict[str, torch.Tensor]
+               ) -> tuple[dict[str, float], np.ndarray | None, list[int] | None]:
+        R, sizes = partial["matrix"].numpy().copy(), [len(e.test) for e in stream]
+        return summarize_matrix(R, sizes), R, sizes

@@ -13,32 +13,41 @@ Error = 1 - accuracy of those predictions. Per seed (a child run, ``phase=evalua
 visits; mixed breaks its one experience down by each sample's domain), ``error`` stepped per
 experience, ``mean_error`` (mean over experiences; mixed: over all samples), ``mean_error_at_5``
 (gradual: severity-5 blocks only), wall time, peak memory and the method's ``cost()``. The
-parent run aggregates seeds (mean, std, 95% CI) and the printed table shows mean and
-per-domain errors. A finished identical configuration is skipped, per seed and as a whole.
+parent run aggregates seeds (mean, std, 95% CI) and is ranked by ``mean_error`` (lower is better).
+An interrupted seed restarts from its first batch: a test-time method's optimiser and running
+statistics change with every batch, so only a whole seed is a unit of work.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-import yaml
+import torch
 
 from fluxbench.errors import ConfigError
-from fluxbench.methods import Method, create_method, get_method, list_methods
-from fluxbench.methods.registry import validate_hyperparameters
-from fluxbench.protocols.conventional import seeds_of
-from fluxbench.protocols.execution import peak_memory_mb
-from fluxbench.protocols.progress import Progress
-from fluxbench.protocols.setup import method_context, resolve_device, seed_everything
-from fluxbench.protocols.summary import aggregate, flat_summary, format_table
+from fluxbench.methods import Method, MethodContext
+from fluxbench.protocols.parent import ProtocolCall, run_protocol, run_seeds, seeds_of, seeds_result
+from fluxbench.protocols.preflight import preflight
+from fluxbench.protocols.setup import method_context, resolve_device
+from fluxbench.protocols.summary import format_table
 from fluxbench.protocols.tta_data import domains_fingerprint, load_domains, seed_stream, tta_options, unlabeled_batches
 from fluxbench.streams.experience import Experience
-from fluxbench.streams.manifest import stream_manifest
-from fluxbench.tracking import RunHandle, Tracker, config_hash, flatten
+from fluxbench.tracking import Tracker, config_hash
+from fluxbench.tracking.layout import FINGERPRINT_TAG, SETTING_TAG
+
+
+def adapt_experience(method: Method, exp: Experience, batch_size: int, device: Any) -> np.ndarray:
+    """One experience of the online loop: whether each test sample was predicted right."""
+    if exp.metadata.get("reset_before"):
+        method.reset()
+    correct = np.zeros(len(exp.test), dtype=bool)
+    for x, labels, rows in unlabeled_batches(exp.test, batch_size, device):
+        logits = method.adapt(x)
+        correct[rows] = logits.argmax(1).cpu().numpy() == labels
+    return correct
 
 
 def adapt_stream(
@@ -48,18 +57,12 @@ def adapt_stream(
     device: Any,
     after_experience: Callable[[int, np.ndarray], None] | None = None,
 ) -> list[np.ndarray]:
-    """The online loop; returns, per experience, whether each test sample was predicted right."""
+    """The online loop over a whole stream; returns, per experience, whether each test sample was predicted right."""
     hits = []
     for i, exp in enumerate(stream):
-        if exp.metadata.get("reset_before"):
-            method.reset()
-        correct = np.zeros(len(exp.test), dtype=bool)
-        for x, labels, rows in unlabeled_batches(exp.test, batch_size, device):
-            logits = method.adapt(x)
-            correct[rows] = logits.argmax(1).cpu().numpy() == labels
-        hits.append(correct)
+        hits.append(adapt_experience(method, exp, batch_size, device))
         if after_experience:
-            after_experience(i, correct)
+            after_experience(i, hits[-1])
     return hits
 
 
@@ -91,117 +94,82 @@ def tta_metrics(stream: list[Experience], hits: list[np.ndarray]) -> dict[str, f
     return metrics
 
 
-def recording_context(cfg: Mapping[str, Any], num_classes: int, built: dict[str, str]):
-    """The method context, with a source-model builder that notes each model's recipe hash in ``built``."""
-    ctx = method_context(cfg, num_classes=num_classes)
-    inner = ctx.build_source_model
-    if inner is None:
-        return ctx
+class TestTimeLoop:
+    """Online TTA seeds over prebuilt corrupted domains; the result is the error per domain."""
 
-    def build_source_model(name: str = "default"):
-        model = inner(name)
-        recipe = getattr(model, "recipe", {})
-        built[f"source_model.{name}"] = f"{recipe.get('kind', '?')}:{recipe.get('recipe_hash', '?')}"
-        return model
+    resumable = False
 
-    return dataclasses.replace(ctx, build_source_model=build_source_model)
+    def __init__(self, cfg: Mapping[str, Any], domains: Mapping, num_classes: int) -> None:
+        self.cfg, self.domains, self.num_classes = cfg, domains, num_classes
+        self.fingerprint = domains_fingerprint(domains)
+        self.batch_size = int(cfg["protocol"]["batch_size"])
+        self.built: dict[str, str] = {}  # the source models a method built, by name -> "kind:recipe hash"
+        self._length = len(self.stream(seeds_of(cfg)[0]))
 
+    def num_experiences(self) -> int:
+        return self._length
 
-def run_seed(cfg: Mapping[str, Any], domains, num_classes: int, fingerprint: str, seed: int, tracker: Tracker,
-             parent: RunHandle, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """One seed as a child run: stream, method, online loop, metrics. A finished identical seed is reused."""
-    chash = config_hash(cfg, "seed", seed, fingerprint)
-    done = tracker.finished(chash)
-    if done is not None:
-        stream_len = len(seed_stream(cfg, domains, num_classes, seed))
-        if progress:
-            progress(stream_len)
-        return {"seed": seed, "metrics": dict(done.data.metrics), "run_id": done.info.run_id, "skipped": True,
-                "tags": {k: v for k, v in done.data.tags.items() if k.startswith("source_model.")}}
+    def stream(self, seed: int) -> list[Experience]:
+        return seed_stream(self.cfg, self.domains, self.num_classes, seed)
 
-    seed_everything(seed)
-    stream = seed_stream(cfg, domains, num_classes, seed)
-    run = tracker.start(f"seed {seed}", chash, "seed", parent.run_id, {"seed": seed, "phase": "evaluation"},
-                        resume=False)
-    tracker.log_params(run, flatten(cfg) | {"seed": seed})
-    tracker.log_json(run, stream_manifest(stream, seed=seed, fingerprint=fingerprint), "stream_manifest.json")
-    built: dict[str, str] = {}
-    ctx = recording_context(cfg, num_classes, built)
+    def context(self, stream: list[Experience]) -> MethodContext:
+        self.built.clear()
+        ctx = method_context(self.cfg, num_classes=self.num_classes)
+        inner = ctx.build_source_model
+        if inner is None:
+            return ctx
 
-    def after_experience(i: int, correct: np.ndarray) -> None:
-        tracker.log_metrics(run, {"error": 1.0 - float(correct.mean())}, step=i)
-        if progress:
-            progress(1)
+        def build_source_model(name: str = "default"):
+            model = inner(name)
+            recipe = getattr(model, "recipe", {})
+            self.built[f"source_model.{name}"] = f"{recipe.get('kind', '?')}:{recipe.get('recipe_hash', '?')}"
+            return model
 
-    started = time.perf_counter()
-    with tracker.failing_on_error(run):
-        method = create_method(cfg["method"], ctx)
-        tracker.set_tags(run, built)
-        hits = adapt_stream(method, stream, int(cfg["protocol"]["batch_size"]), ctx.device, after_experience)
-    metrics = tta_metrics(stream, hits)
-    metrics.update(wall_time_s=time.perf_counter() - started, peak_memory_mb=peak_memory_mb(ctx.device),
-                   **method.cost())
-    tracker.log_metrics(run, metrics)
-    tracker.end(run)
-    return {"seed": seed, "metrics": metrics, "run_id": run.run_id, "skipped": False, "tags": built}
+        return dataclasses.replace(ctx, build_source_model=build_source_model)
 
+    def tags(self) -> dict[str, str]:
+        return dict(self.built)
 
-def check_method(cfg: Mapping[str, Any]) -> None:
-    validate_hyperparameters(cfg["method"])
-    name = cfg["method"]["name"]
-    if get_method(name).kind != "tta":
-        tta = [m for m in list_methods() if get_method(m).kind == "tta"]
-        raise ConfigError(f"method {name!r} is not a test-time method; protocol=online_tta runs: {', '.join(tta)}")
-    if int(cfg["protocol"]["batch_size"]) < 1:
-        raise ConfigError(f"protocol.batch_size must be >= 1, got {cfg['protocol']['batch_size']}")
+    def begin(self, stream: list[Experience]) -> dict[str, Any]:
+        return {"hits": []}
 
+    def experience(self, method: Method, stream: list[Experience], i: int, partial: dict[str, Any],
+                   device: torch.device) -> dict[str, float]:
+        correct = adapt_experience(method, stream[i], self.batch_size, device)
+        partial["hits"].append(correct)
+        return {"error": 1.0 - float(correct.mean())}
 
-def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
-    check_method(cfg)
-    opts = tta_options(cfg)
-    domains, num_classes = load_domains(cfg, "evaluation", resolve_device(str(cfg.get("device", "auto"))))
-    fingerprint = domains_fingerprint(domains)
-    chash = config_hash(cfg, fingerprint)
-    label = f"{cfg['method']['name']} on {cfg['benchmark']['name']} ({opts['setting']})"
-    done = tracker.finished(chash)
-    if done is not None:
-        print(f"skipped: {label} with this exact config already finished (run {done.info.run_id}); "
-              "change a value or the tracking experiment to run it again")
-        return {"skipped": True, "run_id": done.info.run_id}
-
-    parent = tracker.start(f"online_tta: {label}", chash, "protocol", tags={
-        "protocol": "online_tta", "method": cfg["method"]["name"], "benchmark": cfg["benchmark"]["name"],
-        "setting": opts["setting"], "data_fingerprint.evaluation": fingerprint,
-    })
-    tracker.log_params(parent, flatten(cfg))
-    tracker.log_text(parent, yaml.safe_dump(cfg, sort_keys=False), "config.yaml")
-    seeds = seeds_of(cfg)
-    n_exp = len(seed_stream(cfg, domains, num_classes, seeds[0]))
-    results = []
-    try:
-        with Progress(total=len(seeds) * n_exp, desc=label, enabled=cfg.get("progress", True)) as bar:
-            for seed in seeds:
-                results.append(run_seed(cfg, domains, num_classes, fingerprint, seed, tracker, parent, bar.update))
-    except BaseException:
-        tracker.end(parent, "FAILED")
-        raise
-    agg = aggregate(r["metrics"] for r in results)
-    tracker.set_tags(parent, results[0]["tags"])
-    tracker.log_metrics(parent, flat_summary(agg))
-    tracker.log_json(parent, {"seeds": seeds, "summary": agg}, "summary.json")
-    tracker.end(parent)
-    print(summary_table(label, agg))
-    return {"skipped": False, "run_id": parent.run_id, "summary": agg, "seeds": results}
+    def result(self, stream: list[Experience], partial: dict[str, Any]) -> tuple[dict[str, float], None, None]:
+        return tta_metrics(stream, partial["hits"]), None, None
 
 
 def summary_table(label: str, agg: Mapping[str, Mapping[str, float]]) -> str:
     """Mean error, then the error of every domain, in percent (mean ± std over seeds)."""
     headline = [m for m in ("mean_error", "mean_error_at_5") if m in agg]
     extra = [m for m in ("uploads", "upload_fraction") if m in agg]
-    rows = {label: agg}
     domains = {name.removeprefix("error."): {"error": stats}
                for name, stats in agg.items() if name.startswith("error.")}
-    text = format_table(rows, headline) + "\n\n" + format_table(domains, ["error"])
+    text = format_table({label: agg}, headline) + "\n\n" + format_table(domains, ["error"])
     if extra:
         text += "\n" + ", ".join(f"{m}: {agg[m]['mean']:.4g}" for m in extra)
     return text
+
+
+def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
+    preflight(cfg, kind="tta")
+    if int(cfg["protocol"]["batch_size"]) < 1:
+        raise ConfigError(f"protocol.batch_size must be >= 1, got {cfg['protocol']['batch_size']}")
+    opts = tta_options(cfg)
+    domains, num_classes = load_domains(cfg, "evaluation", resolve_device(str(cfg.get("device", "auto"))))
+    loop = TestTimeLoop(cfg, domains, num_classes)
+    label = f"{cfg['method']['name']} on {cfg['benchmark']['name']} ({opts['setting']})"
+    call = ProtocolCall("online_tta", label, config_hash(cfg, loop.fingerprint),
+                        {SETTING_TAG: opts["setting"], FINGERPRINT_TAG.format(role="evaluation"): loop.fingerprint},
+                        rank_metric="mean_error", rank_order="min")
+
+    def body(parent):
+        records = run_seeds(cfg, loop, tracker, parent, label)
+        tracker.set_tags(parent, {k: v for k, v in records[0].tags.items() if k.startswith("source_model.")})
+        return seeds_result(records, lambda agg: summary_table(label, agg))
+
+    return run_protocol(cfg, tracker, call, body)

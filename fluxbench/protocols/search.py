@@ -20,14 +20,12 @@ toward the budget.
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import math
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -35,6 +33,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from fluxbench.errors import ConfigError
+from fluxbench.tracking.locks import file_lock
 
 SAMPLERS = ("grid", "random", "tpe")
 HOST = socket.gethostname()
@@ -180,17 +179,6 @@ def _alive(token: str) -> bool:
     return ":" not in token or _process_token(pid) == token
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class SearchStudy:
     """One Optuna study shared by every process of one ``two_phase`` call (and by its resumption)."""
 
@@ -239,6 +227,11 @@ class SearchStudy:
         self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
         origin = trial.user_attrs.get("origin", trial.number)
         self.study.enqueue_trial(dict(trial.params), user_attrs={"origin": origin})
+
+    def interrupt(self, trial: Any) -> None:
+        """A trial stopped by a signal: not counted, and queued to run again when the call resumes."""
+        with file_lock(self.lock_path):
+            self._requeue(trial)
 
     # -- workers -------------------------------------------------------------------------
     def counted(self, trials: list[Any]) -> int:

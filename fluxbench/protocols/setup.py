@@ -91,3 +91,8 @@ def _source_models(cfg: Mapping[str, Any], data_root: Path, device: torch.device
     if not models:
         return None
     return functools.partial(build_source_model, dict(models), data_root=data_root, device=device)
+
+
+def prepare_backbone(cfg: Mapping[str, Any]) -> None:
+    """Build (and so cache) the configured backbone once: missing or corrupt weights fail here, in one line."""
+    build_backbone(dict(cfg["backbone"]), Path(cfg["data_root"]))

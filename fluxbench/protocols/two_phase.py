@@ -28,8 +28,6 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +36,20 @@ import yaml
 from fluxbench.benchmarks import DataSplit, shared_samples
 from fluxbench.errors import ConfigError, DivergedError, FluxbenchError, LeakageError
 from fluxbench.methods.registry import get_method, hyperparameters, validate_hyperparameters
-from fluxbench.protocols.execution import SeedResult, run_seed
+from fluxbench.protocols.execution import SupervisedLoop
+from fluxbench.protocols.parent import ParentResult, ProtocolCall, run_protocol, seeds_of
+from fluxbench.protocols.preflight import preflight
 from fluxbench.protocols.progress import Progress
 from fluxbench.protocols.search import SearchStudy, plan, search_distributions, storage_url
-from fluxbench.protocols.setup import load_split, scenario_of
+from fluxbench.protocols.seeds import run_seed
+from fluxbench.protocols.setup import load_split
 from fluxbench.protocols.summary import HEADLINE, aggregate, flat_summary, format_table
-from fluxbench.tracking import RunHandle, Tracker, config_hash, flatten
+from fluxbench.protocols.workers import WorkerPool
+from fluxbench.tracking import RunHandle, SeedRecord, Tracker, config_hash
+from fluxbench.tracking import layout as L
 
 SELECTION_METRICS = ("last_accuracy", "avg_incremental_accuracy")
 _NOT_IN_KEY = ("n_jobs", "study_storage")  # how a call runs, not what it computes
-
-
-def _seeds(cfg: Mapping[str, Any], key: str) -> list[int]:
-    return [int(cfg["seed"]) + k for k in range(int(cfg["protocol"][key]))]
 
 
 def seed_config(cfg: Mapping[str, Any], values: Mapping[str, Any], phase: str) -> dict[str, Any]:
@@ -118,94 +117,76 @@ def open_study(cfg: Mapping[str, Any], key: str, worker: int = 0) -> tuple[Searc
 
 
 # -- phase 1 ---------------------------------------------------------------------------------
-def run_trial(cfg: Mapping[str, Any], study: SearchStudy, trial: Any, split: DataSplit, tracker: Tracker,
+def run_trial(cfg: Mapping[str, Any], study: SearchStudy, trial: Any, loop: SupervisedLoop, tracker: Tracker,
               parent_id: str, progress: Callable[[int], None] | None = None) -> None:
     """All tuning seeds of one trial, as one MLflow run; a failure is recorded and the study goes on."""
     values = dict(trial.params)
-    tcfg = seed_config(cfg, values, "tuning")
-    chash = config_hash(tcfg, "trial", trial.user_attrs["origin"], split.fingerprint())
-    tags = {"phase": "tuning", "trial": trial.number}
-    run = tracker.start(f"trial {trial.number}", chash, "trial", parent_id, tags)
+    tcfg = seed_config(cfg, values, L.PHASE_TUNING)
+    chash = config_hash(tcfg, "trial", trial.user_attrs["origin"], loop.fingerprint)
+    tags = {L.PHASE_TAG: L.PHASE_TUNING, L.TRIAL_TAG: trial.number}
+    run = tracker.start(f"trial {trial.number}", chash, L.KIND_TRIAL, parent_id, tags)
     if run.resumed:
         tracker.set_tags(run, tags)
     tracker.log_params(run, values)
     metric = cfg["protocol"]["selection_metric"]
     try:
-        results = [run_seed(tcfg, split, s, tracker, run, tags, progress) for s in _seeds(cfg, "tuning_seeds")]
-        score = aggregate(r.metrics for r in results)[metric]["mean"]
+        records = [run_seed(tcfg, s, loop, tracker, run, tags, progress) for s in seeds_of(cfg, "tuning_seeds")]
+        score = aggregate(r.metrics for r in records)[metric]["mean"]
         if not math.isfinite(score):
             raise DivergedError(f"{metric} is {score} for every seed")
     except Exception as err:  # a diverging (or crashing) trial is a result: record it and go on
         reason = f"{type(err).__name__}: {err}"
         if not isinstance(err, FluxbenchError):  # not a user-facing error: keep the traceback for a bug report
-            tracker.log_text(run, traceback.format_exc(), "failure.txt")
-        tracker.set_tags(run, {"fluxbench.failure": reason})
-        tracker.end(run, "FAILED")
+            tracker.log_text(run, traceback.format_exc(), L.FAILURE_ARTIFACT)
+        tracker.fail(run, err)
         study.fail(trial, reason, {"mlflow_run_id": run.run_id})
         print(f"trial {trial.number} {_fmt(values)}: failed: {reason}", flush=True)
         return
-    agg = aggregate(r.metrics for r in results)
+    except BaseException as err:  # interrupted: the run is KILLED and the trial runs again on resume
+        tracker.fail(run, err)
+        study.interrupt(trial)
+        raise
+    agg = aggregate(r.metrics for r in records)
     tracker.log_metrics(run, flat_summary(agg) | {"score": score})
     tracker.end(run)
-    per_seed = [{k: r.metrics[k] for k in HEADLINE if math.isfinite(r.metrics.get(k, math.nan))} for r in results]
+    per_seed = [{k: r.metrics[k] for k in HEADLINE if math.isfinite(r.metrics.get(k, math.nan))} for r in records]
     study.complete(trial, score, {"mlflow_run_id": run.run_id, "seed_metrics": per_seed})
     print(f"trial {trial.number} {_fmt(values)}: {metric} {100 * score:.2f}", flush=True)
 
 
-def tune(cfg: Mapping[str, Any], key: str, parent_id: str, tracker: Tracker, split: DataSplit,
+def tune(cfg: Mapping[str, Any], key: str, parent_id: str, tracker: Tracker, loop: SupervisedLoop,
          progress: Callable[[int], None] | None = None, worker: int = 0) -> None:
     """Claim and run trials until the budget is spent (one worker's loop)."""
     study, _ = open_study(cfg, key, worker)
     parent_pid = os.getppid()
     while os.getppid() == parent_pid and (trial := study.claim()) is not None:  # stop when orphaned
-        run_trial(cfg, study, trial, split, tracker, parent_id, progress)
+        run_trial(cfg, study, trial, loop, tracker, parent_id, progress)
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
-    import fluxbench.methods  # noqa: F401  (registers in-tree methods)
-
-    torch.set_num_threads(threads)
-
-
-def _worker_inputs(cfg: Mapping[str, Any], role: str) -> tuple[Tracker, DataSplit]:
+def _worker_inputs(cfg: Mapping[str, Any], role: str) -> tuple[Tracker, SupervisedLoop]:
     """A worker process keeps its tracker and data between tasks."""
     if "tracker" not in _WORKER:
         _WORKER["tracker"] = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
     if role not in _WORKER:
-        _WORKER[role] = load_split(cfg, role)
+        _WORKER[role] = SupervisedLoop(cfg, load_split(cfg, role))
     return _WORKER["tracker"], _WORKER[role]
 
 
 def _tuning_worker(cfg: dict[str, Any], key: str, parent_id: str, worker: int) -> None:
-    tracker, split = _worker_inputs(cfg, "tuning")
-    tune(cfg, key, parent_id, tracker, split, worker=worker)
+    tracker, loop = _worker_inputs(cfg, L.PHASE_TUNING)
+    tune(cfg, key, parent_id, tracker, loop, worker=worker)
 
 
-def _evaluation_seed(cfg: dict[str, Any], parent_id: str, seed: int) -> SeedResult | str:
-    tracker, split = _worker_inputs(cfg, "evaluation")
-    return evaluate_seed(cfg, split, seed, tracker, RunHandle(parent_id))
+def _evaluation_seed(cfg: dict[str, Any], parent_id: str, seed: int) -> SeedRecord | str:
+    tracker, loop = _worker_inputs(cfg, L.PHASE_EVALUATION)
+    return evaluate_seed(cfg, loop, seed, tracker, RunHandle(parent_id))
 
 
-def make_pool(cfg: Mapping[str, Any]) -> Executor | None:
-    """``protocol.n_jobs`` spawned processes sharing the cores, or ``None`` to run in this process."""
-    n_jobs = int(cfg["protocol"]["n_jobs"])
-    if n_jobs == 1:
-        return None
-    from fluxbench.backbones import build_backbone
-
-    build_backbone(dict(cfg["backbone"]), Path(cfg["data_root"]))  # build/cache pre-trained weights once, here
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(max(1, cores // n_jobs),))
-
-
-def run_phase1(cfg: Mapping[str, Any], key: str, parent: RunHandle, tracker: Tracker, split: DataSplit,
-               pool: Executor | None) -> SearchStudy:
+def run_phase1(cfg: Mapping[str, Any], key: str, parent: RunHandle, tracker: Tracker, loop: SupervisedLoop,
+               pool: WorkerPool | None) -> SearchStudy:
     study, points = open_study(cfg, key)
     if study.budget < int(cfg["protocol"]["n_trials"]):
         print(f"protocol.n_trials={cfg['protocol']['n_trials']} capped at the {study.budget} distinct "
@@ -214,12 +195,11 @@ def run_phase1(cfg: Mapping[str, Any], key: str, parent: RunHandle, tracker: Tra
     if interrupted:
         print(f"resuming the study: trials {interrupted} were interrupted and run again", flush=True)
     if pool is None:
-        n_exp = len(scenario_of(cfg).experience_sizes(split.num_classes))
-        total = study.budget * int(cfg["protocol"]["tuning_seeds"]) * n_exp
+        total = study.budget * int(cfg["protocol"]["tuning_seeds"]) * loop.num_experiences()
         with Progress(total, "phase 1 (tuning)", enabled=cfg.get("progress", True)) as bar:
-            tune(cfg, key, parent.run_id, tracker, split, bar.update)
+            tune(cfg, key, parent.run_id, tracker, loop, bar.update)
     else:
-        jobs = [pool.submit(_tuning_worker, dict(cfg), key, parent.run_id, w) for w in range(cfg["protocol"]["n_jobs"])]
+        jobs = [pool.submit(_tuning_worker, dict(cfg), key, parent.run_id, w) for w in range(pool.n_jobs)]
         for job in jobs:
             job.result()
     study.wait_for_running()
@@ -227,24 +207,24 @@ def run_phase1(cfg: Mapping[str, Any], key: str, parent: RunHandle, tracker: Tra
 
 
 # -- phase 2 ---------------------------------------------------------------------------------
-def evaluate_seed(cfg: Mapping[str, Any], split: DataSplit, seed: int, tracker: Tracker, parent: RunHandle,
-                  progress: Callable[[int], None] | None = None) -> SeedResult | str:
+def evaluate_seed(cfg: Mapping[str, Any], loop: SupervisedLoop, seed: int, tracker: Tracker, parent: RunHandle,
+                  progress: Callable[[int], None] | None = None) -> SeedRecord | str:
     """One phase-2 seed; a diverging seed comes back as its failure reason."""
     try:
-        return run_seed(cfg, split, seed, tracker, parent, {"phase": "evaluation"}, progress)
+        return run_seed(cfg, seed, loop, tracker, parent, {L.PHASE_TAG: L.PHASE_EVALUATION}, progress)
     except DivergedError as err:
         return f"seed {seed}: {err}"
 
 
-def run_phase2(cfg: Mapping[str, Any], parent: RunHandle, tracker: Tracker, split: DataSplit,
-               pool: Executor | None) -> list[SeedResult | str]:
-    seeds = _seeds(cfg, "num_seeds")
-    ecfg = seed_config(cfg, {}, "evaluation")
+def run_phase2(cfg: Mapping[str, Any], parent: RunHandle, tracker: Tracker, loop: SupervisedLoop,
+               pool: WorkerPool | None) -> list[SeedRecord | str]:
+    seeds = seeds_of(cfg)
+    ecfg = seed_config(cfg, {}, L.PHASE_EVALUATION)
     if pool is not None:
-        return list(pool.map(_evaluation_seed, [ecfg] * len(seeds), [parent.run_id] * len(seeds), seeds))
-    n_exp = len(scenario_of(cfg).experience_sizes(split.num_classes))
-    with Progress(len(seeds) * n_exp, "phase 2 (evaluation)", enabled=cfg.get("progress", True)) as bar:
-        return [evaluate_seed(ecfg, split, s, tracker, parent, bar.update) for s in seeds]
+        return pool.map(_evaluation_seed, [ecfg] * len(seeds), [parent.run_id] * len(seeds), seeds)
+    with Progress(len(seeds) * loop.num_experiences(), "phase 2 (evaluation)",
+                  enabled=cfg.get("progress", True)) as bar:
+        return [evaluate_seed(ecfg, loop, s, tracker, parent, bar.update) for s in seeds]
 
 
 # -- the call --------------------------------------------------------------------------------
@@ -264,18 +244,18 @@ def select(study: SearchStudy) -> Any:
 
 
 def report(cfg: Mapping[str, Any], tracker: Tracker, parent: RunHandle, study: SearchStudy, best: Any,
-           phase2: list[SeedResult | str]) -> dict[str, Any]:
-    """Log the selection, phase-2 summary, conventional number and gap on the parent; print the table."""
+           phase2: list[SeedRecord | str]) -> ParentResult:
+    """The selection, phase-2 summary, conventional number and gap, for the parent run and the console."""
     metric = cfg["protocol"]["selection_metric"]
-    results = [r for r in phase2 if isinstance(r, SeedResult)]
+    results = [r for r in phase2 if isinstance(r, SeedRecord)]
     failed = [r for r in phase2 if isinstance(r, str)]
     if not results:
         raise DivergedError(f"every phase-2 seed diverged with the selected values {_fmt(best.params)}: {failed[0]}")
     agg = aggregate(r.metrics for r in results)
     conventional = aggregate(best.user_attrs["seed_metrics"])
     gap = best.value - agg[metric]["mean"]
-    tracker.set_tags(parent, {f"selected.{k}": v for k, v in best.params.items()} | {"selected.trial": best.number})
-    tracker.log_metrics(parent, flat_summary(agg) | {f"conventional_{metric}": best.value, "overestimation_gap": gap})
+    tracker.set_tags(parent, {L.SELECTED_TAG.format(name=k): v for k, v in best.params.items()}
+                     | {L.SELECTED_TAG.format(name="trial"): best.number})
     trials = [{"number": t.number, "state": t.state.name, "values": t.params, "score": t.value,
                **{k: t.user_attrs[k] for k in ("failure", "interrupted", "mlflow_run_id") if k in t.user_attrs}}
               for t in study.trials()]
@@ -283,44 +263,43 @@ def report(cfg: Mapping[str, Any], tracker: Tracker, parent: RunHandle, study: S
                "conventional": {metric: best.value, "summary": conventional}, "two_phase": agg,
                "overestimation_gap": gap, "phase2_seeds": [r.seed for r in results], "phase2_failed": failed,
                "trials": trials}
-    tracker.log_json(parent, summary, "summary.json")
-    print(format_table({"two-phase": agg, "conventional (phase-1 best)": conventional}))
-    print(f"selected (trial {best.number}): {_fmt(best.params)}")
-    print(f"overestimation gap ({metric}): {100 * gap:+.2f} points (conventional minus two-phase)")
+    table = "\n".join([
+        format_table({"two-phase": agg, "conventional (phase-1 best)": conventional}),
+        f"selected (trial {best.number}): {_fmt(best.params)}",
+        f"overestimation gap ({metric}): {100 * gap:+.2f} points (conventional minus two-phase)"])
     for reason in failed:
         print(f"warning: phase-2 {reason}", file=sys.stderr)
-    return summary
+    metrics = flat_summary(agg) | {f"conventional_{metric}": best.value, "overestimation_gap": gap}
+    return ParentResult(metrics, summary, table, {"summary": summary, "selected": dict(best.params)})
 
 
 def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
-    validate_hyperparameters(cfg["method"])
     check_config(cfg)
-    tuning, evaluation = load_split(cfg, "tuning"), load_split(cfg, "evaluation")
-    check_disjoint(cfg, tuning, evaluation)
-    key = protocol_key(cfg, tuning, evaluation)
+    preflight(cfg, kind="supervised")
+    tuning = SupervisedLoop(cfg, load_split(cfg, L.PHASE_TUNING))
+    evaluation = SupervisedLoop(cfg, load_split(cfg, L.PHASE_EVALUATION))
+    check_disjoint(cfg, tuning.split, evaluation.split)
+    key = protocol_key(cfg, tuning.split, evaluation.split)
     label = f"{cfg['method']['name']} on {cfg['benchmark']['name']}"
-    done = tracker.finished(key)
-    if done is not None:
-        print(f"skipped: two_phase for {label} with this exact config already finished (run {done.info.run_id}); "
-              "change a value or the tracking experiment to run it again")
-        return {"skipped": True, "run_id": done.info.run_id}
-    parent = tracker.start(f"two_phase: {label}", key, "protocol", tags={
-        "protocol": "two_phase", "method": cfg["method"]["name"], "benchmark": cfg["benchmark"]["name"],
-        "data_fingerprint.tuning": tuning.fingerprint(), "data_fingerprint.evaluation": evaluation.fingerprint(),
-    })
-    tracker.log_params(parent, flatten(cfg))
-    tracker.log_text(parent, yaml.safe_dump(dict(cfg), sort_keys=False), "config.yaml")
-    pool = make_pool(cfg)
-    try:
-        study = run_phase1(cfg, key, parent, tracker, tuning, pool)
-        best = select(study)
-        phase2 = run_phase2({**cfg, "method": {**cfg["method"], **best.params}}, parent, tracker, evaluation, pool)
-        summary = report(cfg, tracker, parent, study, best, phase2)
-    except BaseException:
-        tracker.end(parent, "FAILED")
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    tracker.end(parent)
-    return {"skipped": False, "run_id": parent.run_id, "summary": summary, "selected": dict(best.params)}
+    call = ProtocolCall("two_phase", label, key, {
+        L.FINGERPRINT_TAG.format(role=L.PHASE_TUNING): tuning.fingerprint,
+        L.FINGERPRINT_TAG.format(role=L.PHASE_EVALUATION): evaluation.fingerprint,
+    }, rank_metric=cfg["protocol"]["selection_metric"])
+
+    def body(parent: RunHandle) -> ParentResult:
+        pool = WorkerPool(int(cfg["protocol"]["n_jobs"])) if int(cfg["protocol"]["n_jobs"]) > 1 else None
+        try:
+            study = run_phase1(cfg, key, parent, tracker, tuning, pool)
+            best = select(study)
+            selected = {**cfg, "method": {**cfg["method"], **best.params}}
+            return report(cfg, tracker, parent, study, best, run_phase2(selected, parent, tracker, evaluation, pool))
+        except BaseException as err:
+            if pool is not None:
+                pool.close(interrupted=isinstance(err, KeyboardInterrupt))
+                pool = None
+            raise
+        finally:
+            if pool is not None:
+                pool.close()
+
+    return run_protocol(cfg, tracker, call, body)

@@ -41,3 +41,7 @@ SUMMARY_ARTIFACT = "summary.json"  # the parent's aggregate over seeds (and, two
 MATRIX_ARTIFACT = "accuracy_matrix.csv"  # R[i, j] of a class-incremental seed run
 MANIFEST_ARTIFACT = "stream_manifest.json"  # the exact stream of a seed run
 FAILURE_ARTIFACT = "failure.txt"  # the traceback of a run that failed on a bug (not a user error)
+
+# -- metrics -------------------------------------------------------------------------------
+# per-experience curves logged with ``step`` (not results of the run): accuracy, error, acc_exp<j>
+STEP_METRIC_PATTERN = r"^(accuracy|error|acc_exp\d+)$"
