@@ -126,6 +126,15 @@ class _GuardedClient:
         return call
 
 
+def _open_client(client_class: Any, uri: str) -> Any:
+    try:
+        return client_class(tracking_uri=uri)
+    except Exception as err:
+        if not _is_store_error(err):
+            raise
+        raise DataError(f"cannot open the MLflow store {uri}: {_first_line(err)}") from err
+
+
 def _is_store_error(err: BaseException) -> bool:
     from mlflow.exceptions import MlflowException
 
@@ -170,9 +179,9 @@ class Tracker:
         check_store_location(uri)
         self.uri = uri
         self.lock_dir = self._lock_dir(uri)
-        self.client = _GuardedClient(MlflowClient(tracking_uri=uri), uri)
-        # creating a fresh store migrates its schema: one process at a time, or they collide
+        # opening a fresh store creates and migrates its schema: one process at a time, or they collide
         with file_lock(self.lock_dir / "store.lock"):
+            self.client = _GuardedClient(_open_client(MlflowClient, uri), uri)
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else self._create_experiment(experiment)
 
