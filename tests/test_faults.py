@@ -78,7 +78,7 @@ def test_eight_runs_started_together_on_a_fresh_store_all_finish_and_duplicates_
     procs = [start("protocol=conventional", "method=prototype", "protocol.num_seeds=1", f"seed={s}", cwd=tmp_path)
              for s in seeds]
     outs = [p.communicate(timeout=600) for p in procs]
-    for proc, (out, err) in zip(procs, outs):
+    for proc, (_, err) in zip(procs, outs):
         assert proc.returncode == 0, err
         assert "Traceback" not in err
     db = tmp_path / "mlflow.db"

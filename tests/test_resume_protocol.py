@@ -1,7 +1,8 @@
 """Exact resume through the protocol, for every registered supervised method; and checkpoints that cannot run code.
 
 A seed is crashed after its second experience (the checkpoint holds experiences 0 and 1), the same
-call is made again, and the accuracy matrix must equal, bit for bit, that of an uninterrupted seed.
+call is made again, and the accuracy matrix must equal, bit for bit, that of an uninterrupted seed:
+resumed from the checkpoint for a method with ``exact_resume``, restarted from scratch for the others.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ class AvalancheMethod(SupervisedMethod):
     """Base for avalanche strategies; subclasses name the strategy and its extra arguments."""
 
     strategy_name = "Naive"  # a class in avalanche.training.supervised
+    exact_resume = False  # avalanche's plugin state (EWC importances, LwF's old model, the buffer) is not checkpointed
 
     def strategy_kwargs(self) -> dict[str, Any]:
         return {}

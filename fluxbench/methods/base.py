@@ -59,6 +59,9 @@ class Method(nn.Module):
     kind: ClassVar[str] = "supervised"  # "supervised" (train_experience/predict) or "tta" (adapt/reset)
     Hparams: ClassVar[type] = dataclass(type("NoHparams", (), {}))
     config_file: ClassVar[Path | None] = None  # default: conf/method/<name>.yaml
+    # False: state_dict() does not hold the whole state, so an interrupted seed restarts from its first
+    # experience instead of resuming (never a silent divergence)
+    exact_resume: ClassVar[bool] = True
 
     def __init__(self, hparams: Any, ctx: MethodContext) -> None:
         super().__init__()

@@ -22,6 +22,7 @@ class Joint(SupervisedMethod):
     """Keeps every past training sample; not a CL method, a reference point."""
 
     Hparams = JointHparams
+    exact_resume = False  # the data seen so far is not part of state_dict()
 
     def __init__(self, hparams: JointHparams, ctx) -> None:
         super().__init__(hparams, ctx)

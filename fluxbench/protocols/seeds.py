@@ -130,7 +130,7 @@ def _run(cfg: Mapping[str, Any], seed: int, key: str, loop: SeedLoop, tracker: T
         ctx = loop.context(stream)
         method = create_method(cfg["method"], ctx)
         tracker.set_tags(run, loop.tags())
-        resumable = loop.resumable and getattr(type(method), "exact_resume", True)
+        resumable = loop.resumable and type(method).exact_resume
         start, partial, elapsed = _restore(ckpt.load() if run.resumed else None, method, loop, stream, resumable)
         progress(start)
         began = time.perf_counter() - elapsed
