@@ -74,9 +74,10 @@ def test_fresh_adapter_or_lora_leaves_outputs_unchanged(family, tower, kind, cfg
     before = run()
     handle = attach(run.model, kind, tower=tower, **cfg)
     assert handle.num_parameters() > 0
-    torch.testing.assert_close(run(), before, rtol=0, atol=1e-6)
+    # 1e-5: open_clip's attention rebuilt with explicit projections sums in another order (float32 rounding)
+    torch.testing.assert_close(run(), before, rtol=0, atol=1e-5)
     handle.detach()
-    torch.testing.assert_close(run(), before, rtol=0, atol=1e-6)
+    torch.testing.assert_close(run(), before, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("family,tower", TOWERS)

@@ -18,7 +18,8 @@ import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from importlib.metadata import entry_points
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from omegaconf import OmegaConf
 
@@ -87,7 +88,33 @@ def validate_hyperparameters(cfg: Mapping[str, Any]) -> Any:
     unknown, missing = sorted(set(values) - expected), sorted(expected - set(values))
     if unknown or missing:
         raise ConfigError(f"method {cls.name!r}: unknown hyperparameters {unknown}, missing {missing}")
+    hints = get_type_hints(cls.Hparams)
+    for name, value in values.items():
+        check_type(name, value, hints.get(name, Any))
     return cls.Hparams(**values)
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def check_type(name: str, value: Any, hint: Any) -> None:
+    """``method.<name>`` must match its annotated type (before it reaches ``range()`` or torch)."""
+    allowed = [a for a in get_args(hint) if a is not type(None)] if get_origin(hint) in (Union, UnionType) else [hint]
+    if value is None and len(allowed) < len(get_args(hint) or [hint]):
+        return
+    for kind in allowed:
+        if kind not in _TYPE_WORDS:
+            return  # a type we do not check (lists, mappings, custom classes)
+        if kind is bool and isinstance(value, bool):
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if kind is str and isinstance(value, str):
+            return
+    words = " or ".join(_TYPE_WORDS[k] for k in allowed)
+    raise ConfigError(f"method.{name} must be {words}; got {value!r}")
 
 
 def create_method(cfg: Mapping[str, Any], ctx: MethodContext) -> Method:

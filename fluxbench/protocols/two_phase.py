@@ -125,11 +125,11 @@ def run_trial(cfg: Mapping[str, Any], study: SearchStudy, trial: Any, loop: Supe
     chash = config_hash(tcfg, "trial", trial.user_attrs["origin"], loop.fingerprint)
     tags = {L.PHASE_TAG: L.PHASE_TUNING, L.TRIAL_TAG: trial.number}
     run = tracker.start(f"trial {trial.number}", chash, L.KIND_TRIAL, parent_id, tags)
-    if run.resumed:
-        tracker.set_tags(run, tags)
-    tracker.log_params(run, values)
     metric = cfg["protocol"]["selection_metric"]
     try:
+        if run.resumed:
+            tracker.set_tags(run, tags)
+        tracker.log_params(run, values)
         records = [run_seed(tcfg, s, loop, tracker, run, tags, progress) for s in seeds_of(cfg, "tuning_seeds")]
         score = aggregate(r.metrics for r in records)[metric]["mean"]
         if not math.isfinite(score):
