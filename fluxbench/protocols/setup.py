@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fluxbench.backbones import build_backbone
@@ -16,16 +14,10 @@ from fluxbench.backbones.source_models import build_source_model
 from fluxbench.benchmarks import DataSplit, load_dataset
 from fluxbench.errors import ConfigError
 from fluxbench.methods import MethodContext
+from fluxbench.protocols.rng import seed_everything  # noqa: F401  (re-exported for tests and scripts)
 from fluxbench.streams.class_incremental import ClassIncrementalScenario, class_incremental_stream, class_order
 from fluxbench.streams.experience import Experience
 from fluxbench.streams.manifest import read_manifest
-
-
-def seed_everything(seed: int) -> None:
-    """The protocol owns seeds: data order, augmentation and initialisation all follow this one."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def resolve_device(name: str) -> torch.device:
