@@ -20,8 +20,31 @@ SMALL_TWO_PHASE = ("protocol=two_phase", "method=finetune", "method.epochs=2", "
                    "protocol.num_seeds=2")
 
 
+STARTED: list[subprocess.Popen] = []
+
+
 def start(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([*FLUXBENCH, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """A ``fluxbench run`` in its own process group, so that teardown can stop it and its workers."""
+    proc = subprocess.Popen([*FLUXBENCH, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_a_test_started():
+    """A failing test must not leave processes behind that hold the suite's pipes open (a hang, not a failure)."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe:
+                pipe.close()
 
 
 def statuses(db: Path, kind: str | None = None) -> list[str]:
@@ -137,7 +160,7 @@ def test_kill_9_with_two_workers_leaves_no_orphan_and_the_rerun_gives_the_same_n
     workers = children_of(proc.pid)
     assert workers, "two_phase with n_jobs=2 runs worker processes"
     proc.kill()
-    proc.communicate()
+    proc.wait(timeout=60)  # not communicate(): a surviving worker would hold the pipes open for ever
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout=60, what="the workers to exit")
     assert "KILLED" in statuses(killed / "mlflow.db", "trial")  # the workers closed their own runs
 
@@ -153,6 +176,8 @@ def test_kill_9_with_two_workers_leaves_no_orphan_and_the_rerun_gives_the_same_n
 @pytest.mark.parametrize(("setup", "override", "expected"), [
     (lambda d: (d / "afile").write_text("x"), "tracking.uri=sqlite:///{d}/afile/mlflow.db", "is not a directory"),
     (lambda d: None, "method.epochs=1.5", "method.epochs must be an integer"),
+    (lambda d: None, "seed=1.5", "seed must be an integer >= 0; got 1.5"),
+    (lambda d: None, "protocol.num_seeds=two", "protocol.num_seeds must be an integer >= 1; got 'two'"),
     (lambda d: None, "stream.scenario=B0-IncX", "scenario"),
     (lambda d: None, "device=cuda:7", "device=cuda:7"),
 ])

@@ -57,7 +57,14 @@ def test_crash_after_experience_1_then_resume_gives_the_identical_matrix(name, m
     assert failed.info.status == "FAILED" and "crash before experience 2" in failed.data.tags[FAILURE_TAG]
     monkeypatch.undo()
 
+    trained = []
+    original = SupervisedLoop.experience
+    monkeypatch.setattr(SupervisedLoop, "experience",
+                        lambda self, method, *a: trained.append(a[1]) or original(self, method, *a))
     resumed = conventional.run(cfg, tracker)
+    monkeypatch.undo()
+    # from the checkpoint (experiences 0 and 1 are not trained again), or from the start where the method says so
+    assert trained == ([2, 3, 4] if get_method(name).exact_resume else [0, 1, 2, 3, 4])
     reference, _ = run_supervised(name)  # the same seed, uninterrupted, without tracking
     np.testing.assert_array_equal(resumed["seeds"][0].matrix, reference)
     (seed,) = seed_runs(tracker)

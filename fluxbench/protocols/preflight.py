@@ -40,8 +40,26 @@ def check_writable_dir(path: str | Path, key: str) -> None:
         raise DataError(f"{key}={path} is read-only; point {key} at a writable directory")
 
 
+# integer settings outside the method node, with their least value; a protocol checks the ones it has
+INTEGER_KEYS = {"seed": 0, "protocol.num_seeds": 1, "protocol.tuning_seeds": 1, "protocol.n_trials": 1,
+                "protocol.n_jobs": 1, "protocol.sampler_seed": 0, "protocol.batch_size": 1}
+
+
+def check_integer_settings(cfg: Mapping[str, Any]) -> None:
+    """``seed=1.5`` or ``protocol.num_seeds=abc`` fail here in one line, not as a traceback from ``int()``."""
+    for key, least in INTEGER_KEYS.items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is None:
+            continue
+        if isinstance(node, bool) or not isinstance(node, int) or node < least:
+            raise ConfigError(f"{key} must be an integer >= {least}; got {node!r}")
+
+
 def preflight(cfg: Mapping[str, Any], kind: str) -> None:
     """One-line errors for everything a protocol call can know to be wrong before it starts a run."""
+    check_integer_settings(cfg)
     validate_hyperparameters(cfg["method"])
     check_method_kind(cfg, kind)
     resolve_device(str(cfg.get("device", "auto")))

@@ -85,6 +85,7 @@ def class_incremental_stream(
         experiences.append(Experience(
             index=index, train=train, test=test, classes=tuple(classes), num_seen_classes=seen,
             metadata={"dataset": dataset_name, "classes": list(classes)}, train_transform=train_transform,
+            earlier=tuple(experiences),
         ))
     return experiences
 

@@ -23,6 +23,8 @@ class Experience:
     contiguous range ``classes_seen_before .. classes_seen_before + len(classes) - 1``.
     ``classes`` keeps the original class ids; ``metadata`` says where the data came from.
     ``train_transform`` (batched, on tensors) is applied to training batches only.
+    ``earlier`` holds the stream's previous experiences, for reference points such as joint training
+    (like avalanche's ``origin_stream``); a continual-learning method must not read it.
     """
 
     index: int
@@ -32,13 +34,14 @@ class Experience:
     num_seen_classes: int
     metadata: dict[str, Any] = field(default_factory=dict)
     train_transform: BatchTransform | None = None
+    earlier: tuple[Experience, ...] = field(default=(), repr=False, compare=False)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def new_class_range(self) -> range:
         return range(self.num_seen_classes - len(self.classes), self.num_seen_classes)
 
-    def _uint8(self, part: str, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    def uint8_tensors(self, part: str, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """A part as uint8 ``(N, C, H, W)`` on ``device``, made once: 4x smaller than floats."""
         key = (part, str(device))
         if key not in self._cache:
@@ -52,7 +55,7 @@ class Experience:
 
     def tensors(self, part: str = "train", device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """All images of a part as float tensors in [0, 1] (``(N, C, H, W)``) and their labels."""
-        x, y = self._uint8(part, device)
+        x, y = self.uint8_tensors(part, device)
         return to_float(x), y
 
     def train_batches(
@@ -64,13 +67,13 @@ class Experience:
 
         Shuffling draws from torch's global generator, which the protocol seeds.
         """
-        x, y = self._uint8("train", device)
+        x, y = self.uint8_tensors("train", device)
         yield from iterate_batches(x, y, batch_size, shuffle, drop_last, self.train_transform if augment else None)
 
     def test_batches(
         self, batch_size: int, device: torch.device | str = "cpu"
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = self._uint8("test", device)
+        x, y = self.uint8_tensors("test", device)
         yield from iterate_batches(x, y, batch_size, shuffle=False)
 
 
