@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     for noisy in ("timm", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # it logs a store failure with its traceback before raising it; fluxbench reports it in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         raise SystemExit(0 if argv else 2)

@@ -191,6 +191,28 @@ def test_bad_environments_and_values_fail_in_one_line_before_any_run(tmp_path, s
     assert statuses(tmp_path / "mlflow.db") == []  # nothing was started
 
 
+def test_a_full_store_is_one_line_keeps_the_finished_seed_and_the_rerun_completes(tmp_path):
+    from fluxbench.tracking import Tracker
+
+    Tracker(f"sqlite:///{tmp_path}/schema.db", "x")  # how many pages the schema alone takes
+    with sqlite3.connect(tmp_path / "schema.db") as con:
+        (schema_pages,) = con.execute("PRAGMA page_count").fetchone()
+    args = ("protocol=conventional", "method=finetune", "method.epochs=1", "protocol.num_seeds=2")
+    capped = subprocess.run([sys.executable, str(Path(__file__).with_name("store_capped.py")), str(schema_pages + 8),
+                             *FLUXBENCH[3:], *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert capped.returncode == 2
+    lines = capped.stderr.strip().splitlines()
+    assert len(lines) == 1 and "database or disk is full" in lines[0], capped.stderr
+    db = tmp_path / "mlflow.db"
+    # the store filled while the parent aggregated: it is FAILED, and the seeds that finished are kept
+    assert statuses(db, "protocol") == ["FAILED"] and "FINISHED" in statuses(db, "seed")
+    assert "RUNNING" not in statuses(db)
+
+    rerun = subprocess.run([*FLUXBENCH, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert statuses(db, "protocol") == ["FINISHED"] and statuses(db, "seed") == ["FINISHED"] * 2
+
+
 def test_a_read_only_working_directory_is_one_line(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root writes to read-only directories")

@@ -146,6 +146,11 @@ def _is_store_error(err: BaseException) -> bool:
 
 
 def _first_line(err: BaseException) -> str:
+    """The database's own message (``database or disk is full``), not the wrappers' advice around it."""
+    while err.__cause__ is not None and type(err).__module__.startswith(("mlflow", "sqlalchemy")):
+        err = err.__cause__
+    if getattr(err, "orig", None) is not None:  # a SQLAlchemy error: the DBAPI error it wraps
+        err = err.orig
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
     text = lines[0] if lines else type(err).__name__
     return text[:300]
