@@ -9,7 +9,7 @@ names, for methods from other packages). The protocol builds it as::
 and then calls, for a supervised stream, for each experience in order::
 
     method.train_experience(exp)          # labels of exp are stream labels
-    method.predict(x)                     # any number of times: logits, >= exp.num_seen_classes columns
+    method.predict(x)                     # any number of times: scores over all ctx.num_classes columns
 
 or, for test-time adaptation, for each unlabeled batch::
 
@@ -111,6 +111,14 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = list(choices)
     if value not in choices:
         raise ConfigError(f"method.{name} must be one of {choices}; got {value!r}")
+
+
+def over_all_classes(scores: torch.Tensor, num_classes: int, fill: float = float("-inf")) -> torch.Tensor:
+    """Scores of the seen classes, widened to every class of the stream (``fill`` below any real score): the
+    ``predict`` contract, for methods whose scores only exist for the classes seen so far."""
+    if scores.shape[1] == num_classes:
+        return scores
+    return torch.cat([scores, scores.new_full((len(scores), num_classes - scores.shape[1]), fill)], dim=1)
 
 
 def check_finite(loss: torch.Tensor, where: str) -> None:

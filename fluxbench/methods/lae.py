@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fluxbench.methods.base import ClassifierModel, check_choice, check_range
+from fluxbench.methods.base import ClassifierModel, check_choice, check_range, over_all_classes
 from fluxbench.methods.registry import register_method
 from fluxbench.methods.training import SupervisedMethod, TrainingHparams
 from fluxbench.peft import State, attach, ema_
@@ -153,10 +153,12 @@ class LAE(SupervisedMethod):
         online, offline = self.experts(x)
         rule = self.hparams.ensemble
         if offline is None or rule == "online":
-            return online
-        if rule == "offline":
-            return offline
-        return torch.maximum(online, offline) if rule == "max" else (online + offline) / 2
+            scores = online
+        elif rule == "offline":
+            scores = offline
+        else:
+            scores = torch.maximum(online, offline) if rule == "max" else (online + offline) / 2
+        return over_all_classes(scores, self.ctx.num_classes, 0.0)  # probabilities: unseen classes get none
 
     # -- state -----------------------------------------------------------------------------------
     def get_extra_state(self) -> dict:

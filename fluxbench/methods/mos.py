@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fluxbench.benchmarks.base import ImageDataset
-from fluxbench.methods.base import ClassifierModel, check_choice, check_range
+from fluxbench.methods.base import ClassifierModel, check_choice, check_range, over_all_classes
 from fluxbench.methods.gaussian_alignment import STORAGES, ClassGaussians, align_classifier
 from fluxbench.methods.registry import register_method
 from fluxbench.methods.training import SupervisedMethod, TrainingHparams
@@ -249,8 +249,8 @@ class MOS(SupervisedMethod):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.ctx.amp):
             _, logits, cos = self.retrieve(x)
         if not self.hparams.ensemble:
-            return logits
-        return logits.softmax(1) + (len(self.snapshots) * cos).softmax(1)
+            return over_all_classes(logits, self.ctx.num_classes)
+        return over_all_classes(logits.softmax(1) + (len(self.snapshots) * cos).softmax(1), self.ctx.num_classes, 0.0)
 
     # -- state -----------------------------------------------------------------------------------
     def get_extra_state(self) -> dict:

@@ -34,7 +34,6 @@ class Prototype(Method):
         super().__init__(hparams, ctx)
         self.backbone = ctx.build_backbone().to(ctx.device).eval().requires_grad_(False)
         self.register_buffer("prototypes", torch.zeros(ctx.num_classes, self.backbone.num_features, device=ctx.device))
-        self.register_buffer("num_seen", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def train_experience(self, exp: Experience) -> None:
@@ -46,10 +45,9 @@ class Prototype(Method):
             counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
         new = exp.new_class_range
         self.prototypes[new.start:new.stop] = sums[new.start:new.stop] / counts[new.start:new.stop, None].clamp_min(1)
-        self.num_seen.fill_(exp.num_seen_classes)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         feats = nn.functional.normalize(self.backbone(x), dim=1)
-        protos = nn.functional.normalize(self.prototypes[: int(self.num_seen)], dim=1)
+        protos = nn.functional.normalize(self.prototypes, dim=1)  # unseen classes: zero, a cosine of 0
         return feats @ protos.T

@@ -74,6 +74,7 @@ class SupervisedMethod(Method):
 
     def __init__(self, hparams, ctx) -> None:
         super().__init__(hparams, ctx)
+        # classes seen so far: methods whose scores are a softmax over them (LAE, MOS) need it at inference
         self.register_buffer("num_seen", torch.zeros((), dtype=torch.long))
 
     # -- hooks -----------------------------------------------------------------------------
@@ -123,4 +124,4 @@ class SupervisedMethod(Method):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.model.eval()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.ctx.amp):
-            return self.model(x)[:, : int(self.num_seen)].float()
+            return self.model(x).float()  # every class: the protocol masks to the seen ones
