@@ -104,8 +104,11 @@ def matrix(last: float) -> np.ndarray:
 
 
 def protocol_run(tracker: Tracker, key: str, protocol: str, method: str, benchmark: str, **tags: str):
+    """A parent run as the protocols write it: ranked by last accuracy, or by mean error for test-time runs."""
+    rank = ("mean_error", "min") if protocol == "online_tta" else ("last_accuracy", "max")
     return tracker.start(f"{protocol}: {method} on {benchmark}", key, "protocol",
-                         tags={"protocol": protocol, "method": method, "benchmark": benchmark, **tags})
+                         tags={"protocol": protocol, "method": method, "benchmark": benchmark,
+                               "fluxbench.rank_metric": rank[0], "fluxbench.rank_order": rank[1], **tags})
 
 
 def two_phase_by_hand(tracker: Tracker) -> None:

@@ -11,7 +11,17 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from report_store import BY_HAND, EXPERIMENT, SIZES, TTA_ERRORS, TWO_PHASE, cli_report, matrix, report_store
+from report_store import (
+    BY_HAND,
+    EXPERIMENT,
+    SIZES,
+    TTA_ERRORS,
+    TWO_PHASE,
+    cli_report,
+    matrix,
+    protocol_run,
+    report_store,
+)
 from scipy import stats
 
 from fluxbench.cli import main
@@ -212,8 +222,7 @@ def test_only_failed_runs_say_how_many(store, tmp_path, capsys):
     shutil.copy(store.empty_uri.removeprefix("sqlite:///"), tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, EXPERIMENT)
-    parent = tracker.start("conventional: finetune on digits", "h1", "protocol",
-                           tags={"protocol": "conventional", "method": "finetune", "benchmark": "digits"})
+    parent = protocol_run(tracker, "h1", "conventional", "finetune", "digits")
     run = tracker.start("seed 0", "h2", "seed", parent.run_id, {"seed": 0, "phase": "evaluation"})
     tracker.log_matrix(run, matrix(0.5))
     tracker.set_tags(run, {"fluxbench.sizes": SIZES})
@@ -238,8 +247,7 @@ def test_one_row_per_method_keeps_the_best_config_and_counts_failed_seeds(store,
     tracker = Tracker(uri, EXPERIMENT)
     ids = {}
     for key, lasts, failed_seed in (("low", (0.40, 0.44), False), ("high", (0.60, 0.64), True)):
-        parent = tracker.start(f"conventional: finetune ({key})", key, "protocol",
-                               tags={"protocol": "conventional", "method": "finetune", "benchmark": "digits"})
+        parent = protocol_run(tracker, key, "conventional", "finetune", "digits")
         for seed, last in enumerate(lasts):
             run = tracker.start(f"seed {seed}", f"{key}-{seed}", "seed", parent.run_id, {"seed": seed, "phase":
                                                                                          "evaluation"})
@@ -257,3 +265,25 @@ def test_one_row_per_method_keeps_the_best_config_and_counts_failed_seeds(store,
     assert row["seeds"] == 2 and row["last_accuracy_mean"] == pytest.approx(0.62)
     assert "plus 1 other finished config of the same methods not shown" in report.used
     assert "1 seed run (1 failed) of finished protocol runs" in report.used
+
+
+def test_the_ranking_metric_is_the_one_the_parent_names(store, tmp_path):
+    """A parent that says it is ranked by forgetting (lower is better) is ranked so, whatever columns exist."""
+    shutil.copy(store.empty_uri.removeprefix("sqlite:///"), tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, EXPERIMENT)
+    nan = np.nan
+    learns_and_forgets = np.array([[0.99, nan, nan], [0.50, 0.99, nan], [0.50, 0.50, 0.99]])
+    learns_little_keeps_it = np.array([[0.50, nan, nan], [0.48, 0.50, nan], [0.47, 0.48, 0.50]])
+    for method, R in (("finetune", learns_and_forgets), ("prototype", learns_little_keeps_it)):
+        parent = protocol_run(tracker, method, "conventional", method, "digits",
+                              **{"fluxbench.rank_metric": "forgetting", "fluxbench.rank_order": "min"})
+        run = tracker.start("seed 0", f"{method}-0", "seed", parent.run_id, {"seed": 0, "phase": "evaluation"})
+        tracker.log_matrix(run, R)
+        tracker.set_tags(run, {"fluxbench.sizes": SIZES})
+        tracker.end(run)
+        tracker.end(parent)
+    board = build(uri, EXPERIMENT).board.set_index("method")
+    assert (board["ranked_by"] == "forgetting").all()
+    assert board.loc["prototype", "rank"] == 1 and board.loc["finetune", "rank"] == 2
+    assert board["last_accuracy_mean"].idxmax() == "finetune"  # the column a guess would have ranked by

@@ -16,6 +16,7 @@ from scipy import stats
 
 from fluxbench.protocols.metrics import summarize_matrix
 from fluxbench.protocols.summary import aggregate
+from fluxbench.tracking.layout import STEP_METRIC_PATTERN
 
 GROUP = ["benchmark", "protocol"]
 ROW = ["benchmark", "protocol", "method"]
@@ -25,7 +26,7 @@ COMPUTE = ("wall_time_s", "peak_memory_mb")
 LABELS = {"last_accuracy": "last acc (%)", "avg_incremental_accuracy": "avg inc acc (%)",
           "forgetting": "forgetting (%)", "bwt": "BWT (%)", "fwt": "FWT (%)", "mean_error": "mean error (%)",
           "wall_time_s": "wall time (s)", "peak_memory_mb": "peak mem (MB)"}
-_STEPPED = re.compile(r"^(accuracy|error|acc_exp\d+)$")  # per-experience curves, not results
+_STEPPED = re.compile(STEP_METRIC_PATTERN)  # per-experience curves, not results
 _ID_COLUMNS = ("run_id", "parent_id", "seed")
 
 
@@ -69,14 +70,11 @@ def parent_stats(per_seed: pd.DataFrame) -> dict[str, dict[str, dict[str, float]
     return out
 
 
-def primary_metric(columns: pd.Index) -> tuple[str, bool]:
-    """The metric a group is ranked by, and whether higher is better."""
-    if "last_accuracy_mean" in columns:
-        return "last_accuracy", True
-    if "mean_error_mean" in columns:
-        return "mean_error", False
-    means = [c.removesuffix("_mean") for c in columns if c.endswith("_mean")]
-    return (means[0] if means else "seeds"), True
+def ranking_metric(group: pd.DataFrame) -> tuple[str, bool]:
+    """The metric a group is ranked by, and whether higher is better: what its parent runs said (the most common
+    choice, should a group mix two, e.g. two_phase runs selected by different metrics)."""
+    choice = group[["rank_metric", "higher_is_better"]].value_counts(sort=True).index[0]
+    return str(choice[0]), bool(choice[1])
 
 
 def _rows(parents: pd.DataFrame, per_seed: pd.DataFrame) -> pd.DataFrame:
@@ -84,7 +82,8 @@ def _rows(parents: pd.DataFrame, per_seed: pd.DataFrame) -> pd.DataFrame:
     seeds_of = per_seed.groupby("parent_id")["seed"].apply(lambda s: sorted(s, key=str))
     rows = []
     for pid, p in parents.iterrows():
-        row = {k: p[k] for k in (*ROW, "config_hash", "run_id", "git_commit", "start_time")}
+        row = {k: p[k] for k in (*ROW, "rank_metric", "higher_is_better", "config_hash", "run_id", "git_commit",
+                                 "start_time")}
         row["seeds"] = len(seeds_of.get(pid, []))
         row["seed_list"] = " ".join(map(str, seeds_of.get(pid, [])))
         for metric, s in sorted(by_parent.get(pid, {}).items()):
@@ -95,9 +94,9 @@ def _rows(parents: pd.DataFrame, per_seed: pd.DataFrame) -> pd.DataFrame:
 
 def _rank_group(group: pd.DataFrame) -> pd.DataFrame:
     """Keep the best config per method, then rank methods (1 = best; ties share the better rank)."""
-    metric, higher = primary_metric(group.dropna(axis=1, how="all").columns)
-    column = f"{metric}_mean" if metric != "seeds" else "seeds"
-    key = group[column] if higher else -group[column]
+    metric, higher = ranking_metric(group)
+    column = f"{metric}_mean"
+    key = (group[column] if higher else -group[column]) if column in group else pd.Series(np.nan, group.index)
     group = group.assign(ranked_by=metric, _key=key.fillna(-np.inf))
     group["configs"] = group.groupby("method")["run_id"].transform("size")
     group = group.sort_values(["_key", "start_time"], ascending=False).drop_duplicates("method")

@@ -121,7 +121,7 @@ class _GuardedClient:
             except Exception as err:
                 if not _is_store_error(err):
                     raise
-                raise DataError(f"the MLflow store {self._uri} failed ({name}): {_first_line(err)}") from err
+                raise DataError(f"the MLflow store {self._uri} failed ({name}): {first_line(err)}") from err
 
         return call
 
@@ -132,7 +132,7 @@ def _open_client(client_class: Any, uri: str) -> Any:
     except Exception as err:
         if not _is_store_error(err):
             raise
-        raise DataError(f"cannot open the MLflow store {uri}: {_first_line(err)}") from err
+        raise DataError(f"cannot open the MLflow store {uri}: {first_line(err)}") from err
 
 
 def _is_store_error(err: BaseException) -> bool:
@@ -145,7 +145,7 @@ def _is_store_error(err: BaseException) -> bool:
     return isinstance(err, (MlflowException, SQLAlchemyError, OSError))
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     """The database's own message (``database or disk is full``), not the wrappers' advice around it."""
     while err.__cause__ is not None and type(err).__module__.startswith(("mlflow", "sqlalchemy")):
         err = err.__cause__
