@@ -33,11 +33,11 @@ def warm_cache() -> None:
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from fluxbench.backbones import build_backbone
+    from fluxbench.protocols.setup import prepare_backbone
 
     with initialize_config_module("fluxbench.conf", version_base="1.3"):
         cfg = OmegaConf.to_container(compose("config"), resolve=True)
-    build_backbone(cfg["backbone"], Path(cfg["data_root"]))
+    prepare_backbone(cfg)
 
 
 def children_cpu() -> float:

@@ -200,7 +200,7 @@ def test_gradual_and_mixed_metrics():
 # -- user errors --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("overrides", "message"), [
     (("method=finetune",), "not a test-time method"),
-    (("method=tent", "protocol.batch_size=0"), "protocol.batch_size must be >= 1"),
+    (("method=tent", "protocol.batch_size=0"), "protocol.batch_size must be an integer >= 1"),
     (("method=tent", "stream.setting=sideways"), "unknown stream setting 'sideways'"),
     (("method=tent", "benchmark.corruptions.names=[fog,nope]"), "unknown corruption 'nope'"),
 ])

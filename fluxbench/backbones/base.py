@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from fluxbench.errors import ConfigError
+
+# reads a dataset spec ({dataset: digits, pool: pretrain, ...}) into a DataSplit; given by the protocol layer
+DatasetLoader = Callable[[Mapping[str, Any]], Any]
+
+
+def require_loader(load_data: DatasetLoader | None, what: str) -> DatasetLoader:
+    if load_data is None:
+        raise ConfigError(f"{what} is trained on first use and needs its data: build it through fluxbench's setup "
+                          "(protocols.setup.method_context), which passes the dataset loader")
+    return load_data
 
 
 class FeatureBackbone(nn.Module):

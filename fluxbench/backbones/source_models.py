@@ -29,8 +29,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fluxbench.backbones.base import FeatureBackbone
-from fluxbench.backbones.cache import cache_dir, recipe_hash
+from fluxbench.backbones.base import DatasetLoader, FeatureBackbone, require_loader
+from fluxbench.batching import iterate_batches
+from fluxbench.cache import cache_dir, recipe_hash
 from fluxbench.errors import ConfigError, DataError
 
 RECIPE_VERSION = 1
@@ -56,7 +57,7 @@ class SourceClassifier(nn.Module):
 
 
 def build_source_model(
-    models: Mapping[str, Mapping[str, Any]] | None, name: str = "default", data_root: str | Path = ".",
+    models: Mapping[str, Mapping[str, Any]] | None, name: str = "default", load_data: DatasetLoader | None = None,
     device: torch.device | str = "cpu",
 ) -> SourceClassifier:
     """The source model ``name`` of a benchmark's ``source_models`` node, on the CPU, in eval mode."""
@@ -67,7 +68,7 @@ def build_source_model(
     spec = dict(models[name])
     kind = spec.pop("kind", None)
     if kind == "trained":
-        return trained_source(spec, data_root, device).eval()
+        return trained_source(spec, load_data, device).eval()
     if kind == "timm":
         return timm_source(spec).eval()
     raise ConfigError(f"benchmark.source_models.{name}.kind={kind!r}; use 'trained' or 'timm'")
@@ -111,7 +112,7 @@ def conv_stem_vit(stem: tuple[int, ...] = (32, 64), **kwargs: Any) -> nn.Module:
     return VisionTransformer(embed_layer=partial(HybridEmbed, backbone=nn.Sequential(*layers)), **args)
 
 
-def trained_source(spec: Mapping[str, Any], data_root: str | Path = ".", device: torch.device | str = "cpu"
+def trained_source(spec: Mapping[str, Any], load_data: DatasetLoader | None = None, device: torch.device | str = "cpu"
                    ) -> SourceClassifier:
     """A classifier trained by fluxbench on ``spec["train_on"]`` (dataset specs), cached by recipe hash.
 
@@ -131,14 +132,14 @@ def trained_source(spec: Mapping[str, Any], data_root: str | Path = ".", device:
         raise ConfigError("a trained source model needs train_on: a list of dataset specs (e.g. {dataset: digits})")
     key = recipe_hash(recipe)
     path = cache_dir("sources") / f"{recipe['arch']}-{key}.safetensors"
-    x, y, num_classes = _training_data(recipe["train_on"], data_root)
+    x, y, num_classes = _training_data(recipe["train_on"], require_loader(load_data, "a trained source model"))
     with torch.random.fork_rng():  # the initialisation follows the recipe's seed, not the caller's RNG
         torch.manual_seed(recipe["seed"])
         backbone, head = _architecture(recipe["arch"], recipe["args"], num_classes, recipe["mean"], recipe["std"])
     model = SourceClassifier(backbone, head, {"kind": "trained", "recipe_hash": key, "path": str(path), **recipe})
     if not path.is_file():
         if recipe["init"] is not None:
-            _initialise(backbone, recipe["arch"], recipe["init"], data_root)
+            _initialise(backbone, recipe["arch"], recipe["init"], load_data)
         _train(model, x, y, recipe, device)
         _save(model, path)
     try:
@@ -149,18 +150,17 @@ def trained_source(spec: Mapping[str, Any], data_root: str | Path = ".", device:
     return model
 
 
-def _initialise(backbone: FeatureBackbone, arch: str, init: Mapping[str, Any], data_root: str | Path) -> None:
+def _initialise(backbone: FeatureBackbone, arch: str, init: Mapping[str, Any], load_data: DatasetLoader | None
+                ) -> None:
     """Start from the pre-trained embedded backbone (``init`` is its ``pretrain`` recipe, cached on its own)."""
     if arch != "tiny_vit":
         raise ConfigError(f"source model init is for arch=tiny_vit (the pre-trained embedded backbone), not {arch!r}")
     from fluxbench.backbones.tiny_vit import pretrained_tiny_vit
 
-    backbone.model.load_state_dict(pretrained_tiny_vit(dict(init), data_root)[0].state_dict())
+    backbone.model.load_state_dict(pretrained_tiny_vit(dict(init), load_data)[0].state_dict())
 
 
-def _training_data(specs: list[dict], data_root: str | Path) -> tuple[torch.Tensor, torch.Tensor, int]:
-    from fluxbench.benchmarks import load_dataset
-
+def _training_data(specs: list[dict], load_data: DatasetLoader) -> tuple[torch.Tensor, torch.Tensor, int]:
     xs, ys, num_classes = [], [], 0
     for spec in specs:
         spec = dict(spec)
@@ -168,7 +168,7 @@ def _training_data(specs: list[dict], data_root: str | Path) -> tuple[torch.Tens
         bad = [p for p in parts if p not in ("train", "test")]
         if bad:
             raise ConfigError(f"source model train_on parts {bad}: use train and/or test")
-        split = load_dataset(spec, data_root)
+        split = load_data(spec)
         num_classes = max(num_classes, split.num_classes)
         for part in (split.train if p == "train" else split.test for p in parts):
             if len(part):
@@ -183,8 +183,6 @@ def _training_data(specs: list[dict], data_root: str | Path) -> tuple[torch.Tens
 def _train(model: SourceClassifier, x: torch.Tensor, y: torch.Tensor, recipe: Mapping[str, Any],
            device: torch.device | str) -> None:
     """AdamW with a one-cycle schedule and one-pixel shifts; its own seed, so callers' RNG is untouched."""
-    from fluxbench.streams.experience import iterate_batches
-
     epochs, batch = recipe["epochs"], recipe["batch_size"]
     model.to(device)
     x, y = x.to(device), y.to(device)

@@ -20,8 +20,10 @@ from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer, _create_vision_transformer
 from torch import nn
 
-from fluxbench.backbones.cache import cache_dir, recipe_hash
+from fluxbench.backbones.base import DatasetLoader, require_loader
 from fluxbench.backbones.loading import create_timm_model
+from fluxbench.batching import iterate_batches
+from fluxbench.cache import cache_dir, recipe_hash
 
 TINY_VIT_ARGS = dict(img_size=8, patch_size=2, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
 _PRETRAINED_CFG = dict(
@@ -39,23 +41,20 @@ def vit_digits_patch2(pretrained: bool = False, **kwargs: Any) -> VisionTransfor
     return _create_vision_transformer("vit_digits_patch2", pretrained=pretrained, **dict(TINY_VIT_ARGS, **kwargs))
 
 
-def pretrained_tiny_vit(pretrain: dict[str, Any], data_root: str | Path = ".") -> tuple[nn.Module, str]:
+def pretrained_tiny_vit(pretrain: dict[str, Any], load_data: DatasetLoader | None = None) -> tuple[nn.Module, str]:
     """The pre-trained tiny ViT (no head) and its recipe hash; trained and cached on first use."""
     recipe = {"model": "vit_digits_patch2", "args": TINY_VIT_ARGS, "pretrain": dict(pretrain), "version": 1}
     key = recipe_hash(recipe)
     path = cache_dir("backbones") / f"vit_digits_patch2-{key}.safetensors"
     if not path.is_file():
-        _pretrain_to(path, dict(pretrain), data_root)
+        _pretrain_to(path, dict(pretrain), load_data)
     model = create_timm_model("vit_digits_patch2", weights=path, num_classes=0)
     return model, key
 
 
-def _pretrain_to(path: Path, pretrain: dict[str, Any], data_root: str | Path) -> None:
-    from fluxbench.benchmarks import load_dataset
-    from fluxbench.streams.experience import iterate_batches
-
+def _pretrain_to(path: Path, pretrain: dict[str, Any], load_data: DatasetLoader | None) -> None:
     spec = {k: v for k, v in pretrain.items() if k in ("dataset", "pool", "classes")}
-    split = load_dataset(spec, data_root)
+    split = require_loader(load_data, "the embedded tiny_vit")(spec)
     x, y = split.train.to_tensors()
     mean = std = torch.tensor(0.5)
     x = (x - mean) / std

@@ -10,6 +10,14 @@ from fluxbench.benchmarks import (  # noqa: F401  (each module registers its rea
     imagenet_c,
 )
 from fluxbench.benchmarks.base import DataSplit, ImageDataset, shared_samples
-from fluxbench.benchmarks.registry import list_datasets, load_dataset, register_dataset
+from fluxbench.benchmarks.registry import (
+    list_datasets,
+    list_domain_sets,
+    load_dataset,
+    load_domain_set,
+    register_dataset,
+    register_domain_set,
+)
 
-__all__ = ["DataSplit", "ImageDataset", "list_datasets", "load_dataset", "register_dataset", "shared_samples"]
+__all__ = ["DataSplit", "ImageDataset", "list_datasets", "list_domain_sets", "load_dataset", "load_domain_set",
+           "register_dataset", "register_domain_set", "shared_samples"]

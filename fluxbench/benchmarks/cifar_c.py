@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fluxbench.benchmarks.base import DataSplit, ImageDataset
-from fluxbench.benchmarks.registry import register_dataset
+from fluxbench.benchmarks.registry import register_dataset, register_domain_set
 from fluxbench.errors import ConfigError, DataError
 
 # the 15 benchmark corruptions, then the 4 hold-out ones shipped in the same archives
@@ -117,3 +117,15 @@ def read_cifar100_c(
 ) -> DataSplit:
     """CIFAR-100-C at one corruption and severity: the test part holds the corrupted images, train is empty."""
     return _split(data_root, "cifar100_c", corruption, severity, folder)
+
+
+@register_domain_set("cifar10_c")
+def read_cifar10_c_domains(data_root: Path, domains: Iterable[tuple[str, int]], folder: str | None = None
+                           ) -> dict[tuple[str, int], ImageDataset]:
+    return read_cifar_c_domains(data_root, "cifar10_c", domains, folder)
+
+
+@register_domain_set("cifar100_c")
+def read_cifar100_c_domains(data_root: Path, domains: Iterable[tuple[str, int]], folder: str | None = None
+                            ) -> dict[tuple[str, int], ImageDataset]:
+    return read_cifar_c_domains(data_root, "cifar100_c", domains, folder)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fluxbench.backbones.cache import cache_dir
+from fluxbench.cache import cache_dir
 from fluxbench.errors import ConfigError, DataError
 
 CACHE_VERSION = 1

@@ -27,7 +27,7 @@ from fluxbench.benchmarks.base import DataSplit, ImageDataset
 from fluxbench.benchmarks.cifar_c import CIFAR_C_CORRUPTIONS, check_domain, empty_like
 from fluxbench.benchmarks.folder_cache import ResizeRule
 from fluxbench.benchmarks.imagefolder import class_folders, dataset_dir, folder_dataset, list_images
-from fluxbench.benchmarks.registry import register_dataset
+from fluxbench.benchmarks.registry import register_dataset, register_domain_set
 from fluxbench.errors import DataError
 
 SOURCE = "https://zenodo.org/record/2235448"
@@ -93,6 +93,7 @@ def _files(domain: Path, ids_file: str | None, max_per_class: int | None) -> tup
     return files, [wnids[p] for p in positions]
 
 
+@register_domain_set("imagenet_c")
 def read_imagenet_c_domains(
     data_root: str | Path,
     domains: Iterable[tuple[str, int]],

@@ -23,6 +23,31 @@ from fluxbench.errors import ConfigError, DataError
 Reader = Callable[..., DataSplit]
 _READERS: dict[str, Reader] = {}
 
+# released corruption sets, read many domains at a time, registered with ``@register_domain_set("name")``:
+#     reader(data_root: pathlib.Path, domains: list[(corruption, severity)], **options) -> {domain: ImageDataset}
+DomainSetReader = Callable[..., dict]
+_DOMAIN_SETS: dict[str, DomainSetReader] = {}
+
+
+def register_domain_set(name: str) -> Callable[[DomainSetReader], DomainSetReader]:
+    def wrap(fn: DomainSetReader) -> DomainSetReader:
+        _DOMAIN_SETS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_domain_sets() -> list[str]:
+    return sorted(_DOMAIN_SETS)
+
+
+def load_domain_set(name: Any, data_root: str | Path, domains: list[tuple[str, int]], **options: Any) -> dict:
+    """The released files of a corruption set (``cifar10_c``, ``imagenet_c``...), one dataset per domain."""
+    if name not in _DOMAIN_SETS:
+        raise ConfigError(f"released corruption files are read for {', '.join(list_domain_sets())}; got dataset "
+                          f"{name!r}")
+    return _DOMAIN_SETS[name](Path(data_root), domains=domains, **options)
+
 
 def register_dataset(name: str) -> Callable[[Reader], Reader]:
     def wrap(fn: Reader) -> Reader:

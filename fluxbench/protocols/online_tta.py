@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from fluxbench.errors import ConfigError
 from fluxbench.methods import Method, MethodContext
 from fluxbench.protocols.parent import ProtocolCall, run_protocol, run_seeds, seeds_of, seeds_result
 from fluxbench.protocols.preflight import preflight
@@ -156,9 +155,7 @@ def summary_table(label: str, agg: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
-    preflight(cfg, kind="tta")
-    if int(cfg["protocol"]["batch_size"]) < 1:
-        raise ConfigError(f"protocol.batch_size must be >= 1, got {cfg['protocol']['batch_size']}")
+    preflight(cfg, kind="tta")  # protocol.batch_size included
     opts = tta_options(cfg)
     domains, num_classes = load_domains(cfg, "evaluation", resolve_device(str(cfg.get("device", "auto"))))
     loop = TestTimeLoop(cfg, domains, num_classes)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from fluxbench.backbones import build_backbone
+from fluxbench.backbones import DatasetLoader, build_backbone
 from fluxbench.backbones.source_models import build_source_model
 from fluxbench.benchmarks import DataSplit, load_dataset
 from fluxbench.errors import ConfigError
@@ -67,24 +67,30 @@ def build_stream(cfg: Mapping[str, Any], split: DataSplit, seed: int, dataset_na
 def method_context(cfg: Mapping[str, Any], num_classes: int) -> MethodContext:
     device = resolve_device(str(cfg.get("device", "auto")))
     backbone_cfg = dict(cfg["backbone"])
-    data_root = Path(cfg["data_root"])
+    load_data = dataset_loader(cfg)
     return MethodContext(
-        build_backbone=lambda: build_backbone(backbone_cfg, data_root),
+        build_backbone=lambda: build_backbone(backbone_cfg, load_data),
         num_classes=num_classes,
         device=device,
         amp=bool(cfg.get("amp", False)) and device.type == "cuda",
-        build_source_model=_source_models(cfg, data_root, device),
+        build_source_model=_source_models(cfg, load_data, device),
     )
 
 
-def _source_models(cfg: Mapping[str, Any], data_root: Path, device: torch.device):
+def dataset_loader(cfg: Mapping[str, Any]) -> DatasetLoader:
+    """``spec -> DataSplit`` under ``data_root``: how backbones and source models get data without importing
+    ``benchmarks/`` themselves."""
+    return functools.partial(load_dataset, data_root=Path(cfg["data_root"]))
+
+
+def _source_models(cfg: Mapping[str, Any], load_data: DatasetLoader, device: torch.device):
     """``(name="default") -> nn.Module`` over the benchmark's ``source_models`` (test-time methods), else None."""
     models = cfg["benchmark"].get("source_models")
     if not models:
         return None
-    return functools.partial(build_source_model, dict(models), data_root=data_root, device=device)
+    return functools.partial(build_source_model, dict(models), load_data=load_data, device=device)
 
 
 def prepare_backbone(cfg: Mapping[str, Any]) -> None:
     """Build (and so cache) the configured backbone once: missing or corrupt weights fail here, in one line."""
-    build_backbone(dict(cfg["backbone"]), Path(cfg["data_root"]))
+    build_backbone(dict(cfg["backbone"]), dataset_loader(cfg))

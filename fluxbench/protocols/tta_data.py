@@ -16,29 +16,21 @@ as floats all at once.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fluxbench.benchmarks import load_dataset
+from fluxbench.benchmarks import load_dataset, load_domain_set
 from fluxbench.benchmarks.base import ImageDataset
-from fluxbench.benchmarks.cifar_c import read_cifar_c_domains
-from fluxbench.benchmarks.imagenet_c import read_imagenet_c_domains
 from fluxbench.errors import ConfigError, DataError
 from fluxbench.streams.corruptions import CORRUPTIONS, corrupt_dataset
 from fluxbench.streams.domains import Domain, corruption_stream, domain_sequence
 from fluxbench.streams.experience import Experience
 
-RELEASED: dict[str, Callable[..., dict[Domain, ImageDataset]]] = {
-    "cifar10_c": functools.partial(read_cifar_c_domains, dataset="cifar10_c"),
-    "cifar100_c": functools.partial(read_cifar_c_domains, dataset="cifar100_c"),
-    "imagenet_c": read_imagenet_c_domains,
-}
 SOURCES = ("engine", "released")
 
 
@@ -71,10 +63,7 @@ def load_domains(cfg: Mapping[str, Any], role: str = "evaluation", device: torch
     spec = dict(cfg["benchmark"][role])
     data_root = Path(cfg["data_root"])
     if opts["source"] == "released":
-        name = spec.pop("dataset", None)
-        if name not in RELEASED:
-            raise ConfigError(f"released corruption files are read for {', '.join(RELEASED)}; got dataset {name!r}")
-        domains = RELEASED[name](data_root, domains=needed, **spec)
+        domains = load_domain_set(spec.pop("dataset", None), data_root, needed, **spec)
         num_classes = max(max(len(d.class_names), int(d.labels.max(initial=-1)) + 1) for d in domains.values())
         return domains, num_classes
     clean, num_classes = _clean(spec, data_root, opts.get("parts") or ["test"])

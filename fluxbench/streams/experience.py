@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from fluxbench.batching import iterate_batches, to_float
 from fluxbench.benchmarks.base import ImageDataset
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
+__all__ = ["BatchTransform", "Experience", "iterate_batches", "to_float"]
 
 
 @dataclass
@@ -75,29 +77,3 @@ class Experience:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.uint8_tensors("test", device)
         yield from iterate_batches(x, y, batch_size, shuffle=False)
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images to floats in [0, 1]; float input passes through."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
-
-
-def iterate_batches(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    shuffle: bool = True,
-    drop_last: bool = False,
-    transform: BatchTransform | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches by indexing preloaded tensors: no per-sample Python work in the loop.
-
-    uint8 images are converted to floats in [0, 1] per batch, after indexing.
-    """
-    n = len(y)
-    order = torch.randperm(n, device=x.device) if shuffle else torch.arange(n, device=x.device)
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size]
-        xb = to_float(x[index])
-        yield (transform(xb) if transform else xb), y[index]
