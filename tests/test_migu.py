@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import compose_config
+from method_helpers import retention_on_two_tasks
 from torch import nn
 
 from fluxbench.errors import ConfigError
@@ -222,3 +223,13 @@ def test_hyperparameters_are_validated_in_one_line():
         with pytest.raises(ConfigError, match=r"^method\.\w+ must") as err:
             create_method(compose_config("method=migu", bad)["method"], None)
         assert "\n" not in str(err.value)
+
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_migu_keeps_more_of_the_first_task_than_finetune(seed):
+    """Two tasks of 5 digits, the same steps, lr and optimiser (finetune's defaults): MIGU's backbone keeps
+    task 1's features closer and classifies them better by nearest class mean (specs/migu.md 9.5)."""
+    migu, finetune = retention_on_two_tasks("migu", seed), retention_on_two_tasks("finetune", seed)
+    assert migu["cosine"] > finetune["cosine"] + 0.05
+    assert migu["ncm"] > finetune["ncm"]
