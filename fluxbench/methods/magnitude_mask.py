@@ -26,18 +26,28 @@ SELECTIONS = ("magnitude", "random")
 
 @dataclass
 class Site:
-    """One weight whose gradient rows are masked; ``groups`` > 1 takes one quantile per equal slice of rows."""
+    """One vector of output units and the tensors whose gradient rows follow it.
+
+    ``targets`` pairs a parameter with the units its rows belong to: a Linear's weight is
+    ``(weight, all units)``; a LoRA ``B`` on the q third of a fused qkv is ``(B, slice(0, d))`` of the combined
+    layer's units. ``groups`` > 1 takes one quantile per equal slice of units (q, k, v of a fused qkv).
+    """
 
     name: str
-    weight: nn.Parameter
+    units: int
+    targets: list[tuple[nn.Parameter, slice]]
     groups: int = 1
     magnitude: torch.Tensor | None = field(default=None, repr=False)
 
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.targets[0][0]
+
     def add(self, y: torch.Tensor, offset: int = 0) -> None:
-        """Add ``sum over all tokens |y|`` (last dim: output units) to rows ``offset:offset + y.shape[-1]``."""
+        """Add ``sum over all tokens |y|`` (last dim: output units) to units ``offset:offset + y.shape[-1]``."""
         m = y.detach().abs().float().reshape(-1, y.shape[-1]).sum(0)
         if self.magnitude is None:
-            self.magnitude = torch.zeros(self.weight.shape[0], device=m.device)
+            self.magnitude = torch.zeros(self.units, device=m.device)
         self.magnitude[offset:offset + m.numel()] += m
 
 
@@ -75,7 +85,7 @@ class MagnitudeTracker:
                 self._handles.append(module.register_forward_hook(self._linear_hook(site)))
 
     def _site(self, name: str, weight: nn.Parameter, groups: int = 1) -> Site:
-        self.sites[name] = Site(name, weight, groups)
+        self.sites[name] = Site(name, weight.shape[0], [(weight, slice(None))], groups)
         return self.sites[name]
 
     def _recording(self, module: nn.Module) -> bool:
@@ -129,12 +139,16 @@ class MagnitudeTracker:
         for site in self.sites.values():
             if site.magnitude is None:
                 continue
-            keep = keep_rows(site.magnitude, q, site.groups, selection)
-            if site.weight.grad is not None:
-                site.weight.grad.masked_fill_(~keep.view(-1, *([1] * (site.weight.dim() - 1))), 0)
-            kept[site.name] = keep
+            kept[site.name] = keep = keep_rows(site.magnitude, q, site.groups, selection)
+            for param, rows in self.targets(site, keep):
+                if param.grad is not None:
+                    param.grad.masked_fill_(~rows.view(-1, *([1] * (param.dim() - 1))), 0)
         self.reset()
         return kept
+
+    def targets(self, site: Site, keep: torch.Tensor) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """``(parameter, its rows that keep their update)`` for every tensor of ``site``."""
+        return [(param, keep[units]) for param, units in site.targets]
 
     def remove(self) -> None:
         for handle in self._handles:

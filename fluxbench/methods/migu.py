@@ -89,4 +89,4 @@ class Migu(SupervisedMethod):
 
     def _kept_weights(self):
         for name, keep in self.last_kept.items():
-            yield self.tracker.sites[name].weight, keep
+            yield from self.tracker.targets(self.tracker.sites[name], keep)
