@@ -197,6 +197,30 @@ def test_task_1_is_unmasked_then_every_step_masks_its_own_rows():
     assert any(not torch.equal(a["kept"][name], b["kept"][name]) for a, b in zip(later, later[1:]))
 
 
+
+def test_lora_variant_masks_rows_of_b_by_the_combined_output_and_rows_of_a_by_their_own():
+    method, stream = migu_on_digits("method.lora_rank=4")
+    method.train_experience(stream[0])
+    qkv = "backbone.model.blocks.0.attn.qkv"
+    pairs = method.model.backbone.model.blocks[0].attn.qkv.peft.pairs
+    seen, original = [], method.before_optimizer_step
+
+    def spy(exp):
+        original(exp)
+        seen.append({k: v.clone() for k, v in method.last_kept.items()})
+        keep_b = seen[-1][f"{qkv}.lora_B"]
+        assert keep_b.numel() == 192  # the combined layer's units, q and v thirds used
+        for key, rows in (("q", slice(0, 64)), ("v", slice(128, 192))):
+            assert torch.equal((pairs[key].B.grad != 0).any(1), keep_b[rows])
+            keep_a = seen[-1][f"{qkv}.lora_A.{key}"]
+            assert keep_a.numel() == 4 and torch.equal((pairs[key].A.grad != 0).any(1), keep_a)
+
+    method.before_optimizer_step = spy
+    method.train_experience(stream[1])
+    assert seen
+    assert not any(name.endswith(".wrapped") or name.endswith("mlp.fc1") for name in seen[0])  # frozen base
+
+
 @pytest.mark.parametrize("variant", ["grad", "strict"])
 def test_strict_variant_also_holds_masked_rows_through_momentum(variant):
     method, stream = migu_on_digits(f"method.variant={variant}")
@@ -219,7 +243,7 @@ def test_strict_variant_also_holds_masked_rows_through_momentum(variant):
 
 
 def test_hyperparameters_are_validated_in_one_line():
-    for bad in ("method.threshold=1.0", "method.selection=magic", "method.variant=soft"):
+    for bad in ("method.threshold=1.0", "method.selection=magic", "method.variant=soft", "method.lora_rank=-1"):
         with pytest.raises(ConfigError, match=r"^method\.\w+ must") as err:
             create_method(compose_config("method=migu", bad)["method"], None)
         assert "\n" not in str(err.value)

@@ -9,7 +9,9 @@ then zeroes the gradient rows below the per-layer quantile ``q`` and empties eve
 (``F.multi_head_attention_forward``), so hooks on its ``out_proj`` never fire. The tracker hooks the
 attention module itself instead: the in-projection magnitudes are recomputed from its inputs
 (``|x W_in^T + b|``) and the out-projection's are those of the module's output, which *is*
-``out_proj``'s output (specs/migu.md section 5, pitfall 1, option b).
+``out_proj``'s output (specs/migu.md section 5, pitfall 1, option b). A LoRA-wrapped linear
+(:class:`~fluxbench.peft.lora.LoRALinear`) is one site for the rows of its ``B`` matrices (the combined
+output's units) and one per ``A`` (its rank units); its frozen base weight is not hooked.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from fluxbench.peft.lora import LoRALinear
+from fluxbench.peft.wrap import innermost
 
 SELECTIONS = ("magnitude", "random")
 
@@ -65,21 +70,27 @@ def keep_rows(magnitude: torch.Tensor, q: float, groups: int = 1, selection: str
 
 
 class MagnitudeTracker:
-    """Forward hooks on the linear layers of ``model`` (minus ``exclude``d module names and their children)."""
+    """Forward hooks on the linear layers of ``model`` (minus ``exclude``d module names and their children).
+
+    Linears frozen when the tracker is built have nothing to mask and are not hooked.
+    """
 
     def __init__(self, model: nn.Module, exclude: Iterable[str] = (), split_qkv: bool = False) -> None:
         self.sites: dict[str, Site] = {}
         self.active = False  # accumulate only while masking is on, in training forwards with grad
         self._handles = []
         exclude = tuple(exclude)
-        inside_mha: set[int] = set()
+        covered: set[int] = set()  # linears measured through their owner (MHA's out_proj, a LoRA-wrapped base)
         for name, module in model.named_modules():
             if any(name == e or name.startswith(e + ".") for e in exclude):
                 continue
             if isinstance(module, nn.MultiheadAttention):
-                inside_mha.add(id(module.out_proj))
+                covered.add(id(module.out_proj))
                 self._hook_mha(name, module, split_qkv)
-            elif isinstance(module, nn.Linear) and id(module) not in inside_mha:
+            elif isinstance(module, LoRALinear):
+                covered.add(id(innermost(module)))
+                self._hook_lora(name, module, 3 if split_qkv and name.rsplit(".", 1)[-1] == "qkv" else 1)
+            elif isinstance(module, nn.Linear) and id(module) not in covered and module.weight.requires_grad:
                 groups = 3 if split_qkv and name.rsplit(".", 1)[-1] == "qkv" else 1
                 site = self._site(name, module.weight, groups)
                 self._handles.append(module.register_forward_hook(self._linear_hook(site)))
@@ -120,6 +131,28 @@ class MagnitudeTracker:
             out.add(output[0])
 
         self._handles.append(mha.register_forward_hook(hook, with_kwargs=True))
+
+    def _hook_lora(self, name: str, wrapper: LoRALinear, groups: int) -> None:
+        """specs/migu.md section 4 (a harness decision): rows of each ``B`` follow the combined base + LoRA
+        output of the layer, rows of each ``A`` (rank units) follow ``A``'s own output."""
+        lora = wrapper.peft
+        b_site = Site(f"{name}.lora_B", lora.out_features, [(p.B, p.rows) for p in lora.pairs.values()], groups)
+        self.sites[b_site.name] = b_site
+
+        def combined(module: nn.Module, args, output: torch.Tensor) -> None:
+            if self._recording(module):
+                b_site.add(output)
+
+        self._handles.append(wrapper.register_forward_hook(combined))
+        for key, pair in lora.pairs.items():
+            a_site = self._site(f"{name}.lora_A.{key}", pair.A)
+
+            def rank_units(module: nn.Module, args, output, site: Site = a_site) -> None:
+                if self._recording(module):
+                    with torch.no_grad():
+                        site.add(F.linear(args[0].to(module.A.dtype), module.A))
+
+            self._handles.append(pair.register_forward_hook(rank_units))
 
     def fired(self) -> list[str]:
         """The sites whose hooks recorded something since the last reset (hook coverage)."""

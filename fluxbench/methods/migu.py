@@ -17,7 +17,10 @@ What differs from upstream, all harness decisions recorded in conf/method/migu.y
   (``qkv_quantile=fused``, as the code) or one per q/k/v third (``split``);
 - ``variant=strict`` also undoes the optimiser's update of the masked rows, which momentum and weight decay
   otherwise keep moving (spec section 5, pitfall 3). A variant, not the paper's method.
-- ``selection=random`` is the code's ``random_update`` control: a random ``int(q * d_out)`` rows masked.
+- ``selection=random`` is the code's ``random_update`` control: a random ``int(q * d_out)`` rows masked;
+- ``lora_rank > 0`` is LoRA+MIGU (upstream's LoRA path is broken, spec section 4): LoRA on the q and v thirds of
+  every block's qkv (PEFT's default targets for T5, where upstream used them), backbone frozen; rows of B follow
+  the combined base + LoRA output, rows of A their own output, with the same q. A harness decision.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from fluxbench.methods.base import ClassifierModel, check_choice, check_range
 from fluxbench.methods.magnitude_mask import SELECTIONS, MagnitudeTracker
 from fluxbench.methods.registry import register_method
 from fluxbench.methods.training import SupervisedMethod, TrainingHparams
+from fluxbench.peft import attach
 from fluxbench.streams.experience import Experience
 
 VARIANTS = ("grad", "strict")
@@ -44,6 +48,9 @@ class MiguHparams(TrainingHparams):
     qkv_quantile: str  # fused | split
     mask_head: bool
     mask_first_task: bool  # harness option for pre-trained backbones; the paper trains task 1 unmasked
+    lora_rank: int  # 0: full fine-tuning (the paper's FT+MIGU); > 0: LoRA+MIGU
+    lora_alpha: float
+    lora_dropout: float
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,6 +58,9 @@ class MiguHparams(TrainingHparams):
         check_choice("selection", self.selection, SELECTIONS)
         check_choice("variant", self.variant, VARIANTS)
         check_choice("qkv_quantile", self.qkv_quantile, QKV_QUANTILES)
+        check_range("lora_rank", self.lora_rank, 0)
+        check_range("lora_alpha", self.lora_alpha, 0, low_open=True)
+        check_range("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
 
 
 @register_method("migu")
@@ -60,6 +70,11 @@ class Migu(SupervisedMethod):
     def __init__(self, hparams: MiguHparams, ctx) -> None:
         super().__init__(hparams, ctx)
         self.model = ClassifierModel(ctx.build_backbone(), ctx.num_classes).to(ctx.device)
+        if hparams.lora_rank:
+            self.model.backbone.requires_grad_(False)
+            lora = attach(self.model.backbone, "lora", targets=("q", "v"), rank=hparams.lora_rank,
+                          alpha=hparams.lora_alpha, dropout=hparams.lora_dropout)
+            lora.requires_grad_(True)
         exclude = () if hparams.mask_head else ("head",)
         self.tracker = MagnitudeTracker(self.model, exclude, split_qkv=hparams.qkv_quantile == "split")
         self.last_kept: dict[str, torch.Tensor] = {}  # the rows the last step updated, per site (inspection)
