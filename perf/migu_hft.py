@@ -4,8 +4,9 @@ Each method (its YAML defaults, with a common batch size, epoch count and optimi
 experience, then a timed second one: MIGU masks from the second task on, so its hooks, quantiles and
 gradient masking are all in the timed loop; HFT trains half of every block with a fresh optimiser. The
 optimiser of the timed experience is kept (a spy on ``make_optimizer``) and its state is measured after
-training: HFT should hold about half of finetune's, MIGU as much (it masks gradients, not parameters).
-Methods run in interleaved rounds (medians reported) so that a slow spell on a shared machine hits all
+training: HFT should hold about half of finetune's, MIGU as much (it masks gradients, not parameters),
+MIGU+LoRA only its adapters' and the head's; HFT with per-epoch re-selection keeps the state of every half
+it trained. Methods run in interleaved rounds (medians reported) so that a slow spell on a shared machine hits all
 alike; the ratios to finetune are what to read, not the absolute img/s::
 
     python perf/migu_hft.py                         # tiny ViT (random init) on CPU, SGD with momentum
@@ -37,6 +38,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "migu-random": ("migu", {"selection": "random"}),
     "migu-strict": ("migu", {"variant": "strict"}),
     "migu-split-qkv": ("migu", {"qkv_quantile": "split"}),
+    "migu-lora": ("migu", {"lora_rank": 8}),
     "hft": ("hft", {}),
     "hft-epoch": ("hft", {"reselect": "epoch"}),
 }
