@@ -5,7 +5,10 @@ Hooks, in call order for each experience::
     before_experience(exp)
     for each epoch:
         before_epoch(exp, epoch)
-        for each batch:  loss = training_loss(x, y, exp); backward; step; after_step(exp)
+        for each batch:
+            loss = training_loss(x, y, exp); backward
+            before_optimizer_step(exp)       # the gradients are final: mask or edit them here
+            step; after_step(exp)
     after_experience(exp)
 
 A method overrides only what makes it that method (the loss, what is trainable, what
@@ -95,6 +98,9 @@ class SupervisedMethod(Method):
         logits = self.model(x)[:, : exp.num_seen_classes]
         return nn.functional.cross_entropy(logits, y)
 
+    def before_optimizer_step(self, exp: Experience) -> None:
+        """Between backward and the optimiser step: the gradients the optimiser will consume."""
+
     def after_step(self, exp: Experience) -> None:
         pass
 
@@ -115,6 +121,7 @@ class SupervisedMethod(Method):
                 check_finite(loss, f"experience {exp.index}, epoch {epoch}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                self.before_optimizer_step(exp)
                 opt.step()
                 self.after_step(exp)
             sched.step()
