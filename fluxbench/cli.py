@@ -65,6 +65,22 @@ def register_plugin_configs() -> None:
             store.store(group="method", name=name, node=OmegaConf.load(path))
 
 
+def check_composes(overrides: list[str]) -> None:
+    """Compose the config once before Hydra runs the job: a misspelled key or a value of the wrong type (the
+    schemas in ``conf/schema.py``) is one line naming the override, not Hydra's multi-line report."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    with initialize_config_module("fluxbench.conf", version_base="1.3"):
+        try:
+            compose("config", [o for o in overrides if not o.startswith("-")])
+        except HydraException as err:
+            cause = err.__cause__ if err.__cause__ is not None else err
+            head = str(err).strip().splitlines()[0].rstrip(".")
+            detail = str(cause).strip().splitlines()[0]
+            raise ConfigError(head if detail == head else f"{head}: {detail}") from None
+
+
 def prepare_store(overrides: list[str]) -> None:
     """Create (and migrate) the tracking store once, before parallel jobs race to do it."""
     from hydra import compose, initialize_config_module
@@ -88,6 +104,8 @@ def run_command(args: list[str]) -> None:
     register_plugin_configs()
     if "-m" in args or "--multirun" in args:
         prepare_store(args)
+    else:
+        check_composes(args)
 
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:

@@ -176,8 +176,10 @@ def test_kill_9_with_two_workers_leaves_no_orphan_and_the_rerun_gives_the_same_n
 @pytest.mark.parametrize(("setup", "override", "expected"), [
     (lambda d: (d / "afile").write_text("x"), "tracking.uri=sqlite:///{d}/afile/mlflow.db", "is not a directory"),
     (lambda d: None, "method.epochs=1.5", "method.epochs must be an integer"),
-    (lambda d: None, "seed=1.5", "seed must be an integer >= 0; got 1.5"),
-    (lambda d: None, "protocol.num_seeds=two", "protocol.num_seeds must be an integer >= 1; got 'two'"),
+    (lambda d: None, "seed=1.5", "override seed=1.5: Value '1.5' of type 'float' could not be converted to Integer"),
+    (lambda d: None, "protocol.num_seeds=two", "protocol.num_seeds=two: Value 'two' of type 'str' could not be"),
+    (lambda d: None, "protocol.num_seeds=0", "protocol.num_seeds must be an integer >= 1; got 0"),
+    (lambda d: None, "stream.classes_per_epx=2", "Could not override 'stream.classes_per_epx'"),
     (lambda d: None, "stream.scenario=B0-IncX", "scenario"),
     (lambda d: None, "device=cuda:7", "device=cuda:7"),
 ])

@@ -1,0 +1,89 @@
+"""Typed schemas for the config groups whose keys fluxbench owns: the root (seed, device, stream...), tracking and
+each protocol. Registered in Hydra's ConfigStore and named first in the YAML files' ``defaults:``, so that a
+misspelled key or a value of the wrong type fails when Hydra composes the config, before anything runs.
+
+Methods are typed by their own ``Hparams`` dataclass (checked by the registry); benchmarks and backbones are
+readers' options, open by design.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class StreamSchema:
+    scenario: str | None = None  # TTA benchmarks have none
+    classes_per_exp: int | None = None
+    initial_classes: int | None = None
+    num_experiences: int | None = None
+    class_order_seed: int | None = None
+    manifest: str | None = None
+    setting: str = "continual"
+
+
+@dataclass
+class RootSchema:
+    protocol: Any = MISSING
+    method: Any = MISSING
+    benchmark: Any = MISSING
+    backbone: Any = MISSING
+    tracking: Any = MISSING
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    data_root: str = "data"
+    progress: bool = True
+    stream: StreamSchema = field(default_factory=StreamSchema)
+
+
+@dataclass
+class TrackingSchema:
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "fluxbench"
+    checkpoint_dir: str = ".fluxbench/checkpoints"
+
+
+@dataclass
+class ConventionalSchema:
+    name: str = "conventional"
+    num_seeds: int = 3
+
+
+@dataclass
+class TwoPhaseSchema:
+    name: str = "two_phase"
+    n_trials: int = 4
+    tuning_seeds: int = 3
+    num_seeds: int = 5
+    selection_metric: str = "last_accuracy"
+    sampler: str = "random"
+    sampler_seed: int = 0
+    n_jobs: int = 1
+    study_storage: str | None = None
+
+
+@dataclass
+class OnlineTTASchema:
+    name: str = "online_tta"
+    num_seeds: int = 3
+    batch_size: int = 64
+
+
+SCHEMAS = {
+    (None, "root_schema"): RootSchema,
+    ("tracking", "tracking_schema"): TrackingSchema,
+    ("protocol", "conventional_schema"): ConventionalSchema,
+    ("protocol", "two_phase_schema"): TwoPhaseSchema,
+    ("protocol", "online_tta_schema"): OnlineTTASchema,
+}
+
+
+def register_schemas() -> None:
+    store = ConfigStore.instance()
+    for (group, name), node in SCHEMAS.items():
+        store.store(group=group, name=name, node=node)
