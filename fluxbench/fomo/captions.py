@@ -38,7 +38,7 @@ def training_caption(record: InfoRecord, dataset: FifDataset, rng: np.random.Gen
     return texts[0] if len(texts) == 1 else texts[int(rng.integers(len(texts)))]
 
 
-def test_caption(record: InfoRecord, dataset: FifDataset) -> str:
+def eval_caption(record: InfoRecord, dataset: FifDataset) -> str:
     texts = candidates(record, dataset)
     return texts[0] if texts else ""
 

@@ -1,0 +1,327 @@
+"""FoMo-in-Flux data layer: released layout, caption rule, streams, manifests, bad input, mini-FiF."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from fomo_fixtures import CLASSES, PER_CLASS, adapt_entries, write_fif_tree
+
+from fluxbench.benchmarks.folder_cache import ResizeRule
+from fluxbench.errors import ConfigError, DataError
+from fluxbench.fomo import RELEASED, SOURCE, FifReader
+from fluxbench.fomo.captions import candidates, class_prompts, eval_caption, training_captions
+from fluxbench.fomo.streams import (
+    by_dataset,
+    chunk,
+    ordering_of,
+    read_stream,
+    stream_from_file,
+    stream_from_manifest,
+    task_captions,
+    task_data,
+    task_sizes,
+    to_experiences,
+    write_manifest,
+)
+
+RULE = ResizeRule(16, 1.0)
+
+
+@pytest.fixture(scope="module")
+def fif_root(tmp_path_factory):
+    return write_fif_tree(tmp_path_factory.mktemp("fif"))
+
+
+@pytest.fixture
+def reader(fif_root):
+    return FifReader.from_root(fif_root, rule=RULE)
+
+
+def write_stream(root, name, entries):
+    path = root / "stream_construction" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries))
+    return path
+
+
+# --- the table and the reader
+
+
+def test_table_has_the_41_plus_22_datasets_of_the_paper():
+    roles = Counter((row.role, row.kind) for row in RELEASED.values())
+    assert roles == {("adapt", "classification"): 40, ("adapt", "retrieval"): 1,
+                     ("eval", "classification"): 20, ("eval", "retrieval"): 2}
+    assert RELEASED["DTD"].prime("banded") == "A photo of a banded texture."
+    assert RELEASED["iNATURALIST2021"].splits == ("train_mini", "val")
+
+
+def test_names_resolve_by_handle_and_case(reader):
+    assert reader.table["FGVCAIRCRAFT"].name == "FGVCAircraft"
+    assert reader.table["oxford_pets"].name == "OXFORDPETS"
+    assert reader.table["dtd"].name == "DTD"
+
+
+def test_reader_reads_records_targets_and_images(reader):
+    split = reader.split("DTD", "train")
+    assert len(split) == len(CLASSES["DTD"]) * PER_CLASS["train"]
+    assert split.classnames == tuple(CLASSES["DTD"])
+    assert split.ids[0] == "DTD/dtd/images/banded/train_000.jpg"
+    assert list(np.bincount(split.targets)) == [3, 3, 3]
+    images = reader.images("DTD", "train")
+    assert images.images.shape == (9, 16, 16, 3) and images.images.dtype == np.uint8
+    assert list(images.labels) == list(split.targets)
+
+
+def test_resized_copies_are_used_and_ids_stay_the_plain_paths(fif_root):
+    resized = FifReader.from_root(fif_root, rule=RULE).split("CIFAR100", "test")
+    plain = FifReader.from_root(fif_root, rule=RULE, prefer_resized=False).split("CIFAR100", "test")
+    assert resized.resized and not plain.resized
+    assert resized.files()[0].parent.as_posix().endswith("CIFAR100/CIFAR100_test_224/cifar100/images/apple")
+    assert list(resized.ids) == list(plain.ids)
+
+
+def test_retrieval_sets_read_as_image_caption_pairs(reader):
+    assert reader.classnames("MSCOCO") == ()
+    pairs = reader.split("MSCOCO", "test").image_text_pairs()
+    assert len(pairs) == 4 and len(pairs[2][1]) == 5 and pairs[2][1][0] == "caption 0 of image 2"
+    fscoco = reader.split("FSCOCO", "train").image_text_pairs()
+    assert fscoco[0][1] == ("A sketch of a cow on grass 0.",)
+
+
+# --- the caption rule
+
+
+def test_caption_rule_default_then_synthetic_then_primed_class(reader):
+    fscoco = reader.split("FSCOCO", "train")
+    assert candidates(fscoco.records[0], fscoco.dataset) == ("A sketch of a cow on grass 0.",)
+    dtd = reader.split("DTD", "train")
+    assert candidates(dtd.records[0], dtd.dataset) == dtd.records[0].synthetic_merged_caption
+    cifar10 = reader.split("CIFAR10", "train")
+    assert candidates(cifar10.records[0], cifar10.dataset) == ("A photo of a cat.",)
+    assert eval_caption(dtd.records[0], dtd.dataset) == "A banded texture, variant 0."
+    assert class_prompts(dtd.classnames, dtd.dataset)[2] == "A photo of a zigzagged texture."
+
+
+def test_training_captions_are_seeded_and_draw_among_candidates(reader):
+    dtd = reader.split("DTD", "train")
+    a = training_captions(dtd.records, dtd.dataset, 7)
+    assert a == training_captions(dtd.records, dtd.dataset, 7)
+    draws = {tuple(training_captions(dtd.records, dtd.dataset, s)) for s in range(8)}
+    assert len(draws) > 1  # two candidates per record: the draw depends on the seed
+    for caption, record in zip(a, dtd.records):
+        assert caption in record.synthetic_merged_caption
+
+
+# --- streams
+
+
+ORDERING_FILES = {
+    "random_sequence_1": ("random", False), "random_sequence_reverse_1": ("random", True),
+    "random_sequence_1_short": ("random", False), "frequency_sequence_1": ("frequency", False),
+    "frequency_sequence_reverse_1": ("frequency", True), "performance_sequence_1": ("performance", False),
+    "performance_sequence_reverse_1": ("performance", True), "similarity_sequence_3": ("similarity", False),
+    "similarity_sequence_reverse_1": ("similarity", True),
+    "time_incremental_dschunked_2": ("time_dataset_chunked", False),
+    "time_incremental_rsagg_5": ("time_bucket_shuffled", False), "debug_seq_small": ("debug", False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORDERING_FILES))
+def test_every_released_ordering_reads_and_chunks(fif_root, reader, name):
+    entries = list(np.random.default_rng(len(name)).permutation(adapt_entries()))
+    if ORDERING_FILES[name][1]:
+        entries = entries[::-1]
+    write_stream(fif_root, name, [str(e) for e in entries])
+    stream = stream_from_file(reader, name, num_tasks=4)
+    assert (stream.about["ordering"], stream.about["reverse"]) == ORDERING_FILES[name]
+    assert stream.class_order == [str(e) for e in entries]
+    sizes = [len(t.classes) for t in stream.tasks]
+    assert sizes == [3, 2, 2, 2]  # 9 classes, T=4: first 9 mod 4 = 1 task gets one more
+    assert sum(len(t.train_ids) for t in stream.tasks) == 9 * PER_CLASS["train"]
+
+
+def test_ordering_of_per_dataset_and_custom_files(tmp_path):
+    assert ordering_of(tmp_path / "datasets" / "dtd.json").kind == "per_dataset"
+    assert ordering_of(tmp_path / "my_order.json").kind == "custom"
+
+
+@pytest.mark.parametrize("n, t", [(9, 4), (18381, 20), (40, 40), (7, 3), (100, 7)])
+def test_chunking_sizes_differ_by_at_most_one_and_cover_the_stream(n, t):
+    sizes = task_sizes(n, t)
+    assert len(sizes) == t and sum(sizes) == n and max(sizes) - min(sizes) <= 1
+    assert sizes == sorted(sizes, reverse=True)  # the first N mod T tasks are the larger ones
+    entries = [str(i) for i in range(n)]
+    tasks = chunk(entries, t)
+    assert [c for task in tasks for c in task] == entries
+
+
+def test_default_t20_split_of_the_full_stream():
+    assert task_sizes(18381, 20)[:2] == [920, 919] and task_sizes(18381, 20).count(920) == 1
+
+
+def test_dataset_incremental_one_task_per_dataset(fif_root, reader):
+    entries = adapt_entries()
+    shuffled = entries[3:7] + entries[:3] + entries[7:]  # CIFAR100 first, then DTD, then FSCOCO
+    write_stream(fif_root, "time_incremental_dschunked_1", shuffled)
+    stream = stream_from_file(reader, "time_incremental_dschunked_1", dataset_incremental=True)
+    assert [t.datasets for t in stream.tasks] == [("CIFAR100",), ("DTD",), ("FSCOCO",)]
+    assert [len(t.classes) for t in stream.tasks] == [4, 3, 2]
+    assert by_dataset([]) == []
+
+
+def test_task_data_holds_every_training_image_of_its_classes(fif_root, reader):
+    write_stream(fif_root, "random_sequence_2", adapt_entries())
+    stream = stream_from_file(reader, "random_sequence_2", num_tasks=3)
+    first = stream.tasks[0]
+    assert first.classes == ("DTD+++banded", "DTD+++dotted", "DTD+++zigzagged")
+    data = task_data(reader, stream, first)
+    assert len(data) == 9 and sorted(set(data.labels)) == [0, 1, 2]
+    assert data.ids[0] == "DTD/dtd/images/banded/train_000.jpg"
+    second = task_data(reader, stream, stream.tasks[1], "test")
+    assert sorted(set(second.labels)) == [3, 4, 5] and len(second) == 3 * PER_CLASS["test"]
+    experiences = to_experiences(reader, stream)
+    assert [e.num_seen_classes for e in experiences] == [3, 6, 9]
+    assert experiences[2].metadata["datasets"] == ["CIFAR100", "FSCOCO"]
+
+
+def test_manifest_replay_gives_identical_tasks_and_images(fif_root, reader, tmp_path):
+    write_stream(fif_root, "similarity_sequence_1", list(reversed(adapt_entries())))
+    stream = stream_from_file(reader, "similarity_sequence_1", num_tasks=2, reshuffle_seed=3)
+    path = write_manifest(stream, tmp_path / "m" / "manifest.json")
+    assert not list(path.parent.glob(".*.tmp"))
+    replayed = stream_from_manifest(FifReader.from_root(fif_root, rule=RULE), path)
+    assert replayed.tasks == stream.tasks
+    assert replayed.about["ordering"] == "similarity" and replayed.about["reshuffle_seed"] == 3
+    for a, b in zip(stream.tasks, replayed.tasks):
+        np.testing.assert_array_equal(task_data(reader, stream, a).images, task_data(reader, replayed, b).images)
+    manifest = json.loads(path.read_text())
+    assert manifest["captions"] == "released"
+    assert [len(e["train_ids"]) for e in manifest["experiences"]] == [15, 12]
+
+
+def test_task_captions_are_seeded_per_task_and_epoch(fif_root, reader):
+    write_stream(fif_root, "random_sequence_3", adapt_entries())
+    stream = stream_from_file(reader, "random_sequence_3", num_tasks=3)
+    first = stream.tasks[0]
+    assert task_captions(reader, first, seed=0) == task_captions(reader, first, seed=0)
+    assert len({tuple(task_captions(reader, first, 0, epoch)) for epoch in range(6)}) > 1
+    fscoco = task_captions(reader, stream.tasks[2], seed=0)
+    assert fscoco[-1] == "A sketch of a zebra on grass 2."  # the default caption wins
+
+
+def test_reshuffle_matches_the_release_permutation(fif_root, reader):
+    write_stream(fif_root, "random_sequence_4", adapt_entries())
+    stream = stream_from_file(reader, "random_sequence_4", num_tasks=1, reshuffle_seed=0)
+    expected = list(adapt_entries())
+    np.random.seed(0)
+    np.random.shuffle(expected)
+    assert stream.class_order == expected
+
+
+# --- bad input: one line each, nothing written
+
+
+def broken_tree(tmp_path_factory):
+    return write_fif_tree(tmp_path_factory.mktemp("broken"))
+
+
+def one_line(err) -> str:
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_root_and_dataset_folder_name_the_layout_and_source(tmp_path, tmp_path_factory):
+    with pytest.raises(DataError) as err:
+        FifReader.from_root(tmp_path / "nowhere")
+    assert "data_lib/00_info" in one_line(err) and SOURCE in one_line(err)
+    (tmp_path / "half" / "data").mkdir(parents=True)
+    with pytest.raises(DataError) as err:
+        FifReader.from_root(tmp_path / "half")
+    assert "00_info" in one_line(err) and SOURCE in one_line(err)
+    root = broken_tree(tmp_path_factory)
+    reader = FifReader.from_root(root, rule=RULE)
+    (root / "data_lib" / "00_info" / "STL10_classnames.json").write_text('["cat"]')
+    with pytest.raises(DataError) as err:
+        reader.split("STL10", "test")
+    assert "data/STL10" in one_line(err) and SOURCE in one_line(err)
+
+
+def test_stream_entries_not_on_disk_are_named_and_counted(fif_root, reader):
+    entries = adapt_entries() + ["SUN397+++abbey", "SUN397+++airport", "DTD+++not-a-texture", "NOPE+++x"]
+    write_stream(fif_root, "random_sequence_5", entries)
+    with pytest.raises(DataError) as err:
+        stream_from_file(reader, "random_sequence_5", num_tasks=2)
+    message = one_line(err)
+    assert "4 of 13 entries" in message and "SUN397" in message and "NOPE" in message
+    assert "DTD+++not-a-texture" in message and SOURCE in message
+
+
+def test_malformed_stream_files(fif_root, tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('["DTD+++banded", ')
+    with pytest.raises(DataError) as err:
+        read_stream(path)
+    assert "s.json is not valid JSON" in one_line(err)
+    path.write_text('["DTD+++banded", "DTD-banded"]')
+    with pytest.raises(DataError) as err:
+        read_stream(path)
+    assert "entry 1" in one_line(err)
+    path.write_text('["DTD+++banded", "DTD+++banded"]')
+    with pytest.raises(DataError, match="twice"):
+        read_stream(path)
+
+
+def test_more_tasks_than_classes_is_a_config_error(fif_root, reader):
+    write_stream(fif_root, "debug_sequence", adapt_entries()[:3])
+    with pytest.raises(ConfigError) as err:
+        stream_from_file(reader, "debug_sequence", num_tasks=4)
+    assert "4 tasks need at least 4 classes; the stream has 3" in one_line(err)
+
+
+def test_info_json_with_missing_or_unreadable_image(tmp_path_factory):
+    root = broken_tree(tmp_path_factory)
+    (root / "data" / "DTD" / "dtd/images/dotted/train_001.jpg").unlink()
+    with pytest.raises(DataError) as err:
+        FifReader.from_root(root, rule=RULE).split("DTD", "train")
+    assert "DTD_train.json lists 1 image(s) missing" in one_line(err)
+    assert "dtd/images/dotted/train_001.jpg" in one_line(err)
+    (root / "data" / "CIFAR10" / "cifar10/images/dog/test_000.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError) as err:
+        FifReader.from_root(root, rule=RULE).images("CIFAR10", "test")
+    assert "cifar10/images/dog/test_000.jpg" in one_line(err)
+
+
+def test_malformed_info_json_and_records(tmp_path_factory):
+    root = broken_tree(tmp_path_factory)
+    info = root / "data_lib" / "00_info"
+    (info / "DTD_test.json").write_text('{"dtd/images/banded/test_000.jpg": {')
+    with pytest.raises(DataError) as err:
+        FifReader.from_root(root, rule=RULE).split("DTD", "test")
+    assert "DTD_test.json is not valid JSON" in one_line(err)
+    entries = json.loads((info / "CIFAR10_test.json").read_text())
+    first = next(iter(entries))
+    entries[first]["target"] = 7
+    (info / "CIFAR10_test.json").write_text(json.dumps(entries))
+    with pytest.raises(DataError) as err:
+        FifReader.from_root(root, rule=RULE).split("CIFAR10", "test")
+    assert "target 7" in one_line(err) and first in one_line(err)
+    del entries[first]["target"]
+    (info / "CIFAR10_test.json").write_text(json.dumps(entries))
+    with pytest.raises(DataError, match="must be an object with keys"):
+        FifReader.from_root(root, rule=RULE).split("CIFAR10", "test")
+
+
+def test_manifest_whose_samples_are_gone(fif_root, reader, tmp_path):
+    write_stream(fif_root, "performance_sequence_reverse_1", adapt_entries())
+    stream = stream_from_file(reader, "performance_sequence_reverse_1", num_tasks=3)
+    path = write_manifest(stream, tmp_path / "manifest.json")
+    manifest = json.loads(path.read_text())
+    manifest["experiences"][0]["train_ids"].append("DTD/dtd/images/banded/train_999.jpg")
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(DataError) as err:
+        stream_from_manifest(reader, path)
+    assert "1 sample id(s)" in one_line(err) and "train_999.jpg" in one_line(err)
