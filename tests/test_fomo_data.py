@@ -7,12 +7,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from datasets_fixtures import write_image_folder
 from fomo_fixtures import CLASSES, PER_CLASS, adapt_entries, write_fif_tree
 
 from fluxbench.benchmarks.folder_cache import ResizeRule
 from fluxbench.errors import ConfigError, DataError
 from fluxbench.fomo import RELEASED, SOURCE, FifReader
 from fluxbench.fomo.captions import candidates, class_prompts, eval_caption, training_captions
+from fluxbench.fomo.mini import MiniSource, build_mini_fif
 from fluxbench.fomo.streams import (
     by_dataset,
     chunk,
@@ -325,3 +327,72 @@ def test_manifest_whose_samples_are_gone(fif_root, reader, tmp_path):
     with pytest.raises(DataError) as err:
         stream_from_manifest(reader, path)
     assert "1 sample id(s)" in one_line(err) and "train_999.jpg" in one_line(err)
+
+
+# --- the mini-FiF builder
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folders")
+    write_image_folder(root / "flowers", {"rose": 5, "sun_flower": 5, "tulip": 5}, seed=1)
+    write_image_folder(root / "shapes" / "train", {"circle": 3, "square": 3}, seed=2)
+    write_image_folder(root / "shapes" / "test", {"circle": 2, "square": 2}, seed=3)
+    write_image_folder(root / "pets", {"cat": 4, "dog": 4}, seed=4)
+    return root
+
+
+def mini_sources(folders):
+    return [
+        MiniSource("FLOWERS", folders / "flowers", primer="A photo of a {}, a type of flower.",
+                   templates=("A close-up of a {}.", "A {} in a garden.")),
+        MiniSource("SHAPES", folders / "shapes", primer="A drawing of a {}."),
+        MiniSource("PETS", folders / "pets", role="eval", primer="A photo of a {}, a type of pet."),
+    ]
+
+
+def test_mini_fif_is_read_by_the_same_reader_and_streams(image_folders, tmp_path):
+    mini = build_mini_fif(mini_sources(image_folders), tmp_path / "mini", num_tasks=2, seed=5)
+    reader = FifReader.from_root(mini.root, rule=RULE)
+    flowers = reader.split("FLOWERS", "train")
+    assert flowers.classnames == ("rose", "sun flower", "tulip")
+    assert len(flowers) == 12 and len(reader.split("FLOWERS", "test")) == 3  # 80/20 per class
+    assert len(reader.split("SHAPES", "train")) == 6 and len(reader.split("SHAPES", "test")) == 4
+    assert reader.table["PETS"].role == "eval" and reader.table["FLOWERS"].captions == "templated"
+    assert candidates(flowers.records[0], flowers.dataset) == (
+        "A photo of a rose, a type of flower.", "A close-up of a rose.", "A rose in a garden.")
+    assert reader.images("PETS", "test").images.shape[1:] == (16, 16, 3)
+    entries = read_stream(mini.stream)
+    expected = [f"FLOWERS+++{c}" for c in ("rose", "sun flower", "tulip")] + ["SHAPES+++circle", "SHAPES+++square"]
+    assert sorted(e.key for e in entries) == sorted(expected)  # eval-only PETS is not streamed
+    assert [e.key for e in entries] == [expected[i] for i in np.random.RandomState(5).permutation(5)]
+    manifest = json.loads(mini.manifest.read_text())
+    assert manifest["captions"] == "templated" and "templated" in manifest["caption_note"]
+    assert [len(e["classes"]) for e in manifest["experiences"]] == [3, 2]
+    replayed = stream_from_manifest(reader, mini.manifest)
+    assert replayed.class_order == [e.key for e in entries]
+    assert sum(len(t.train_ids) for t in replayed.tasks) == 12 + 6
+
+
+def test_mini_fif_dataset_chunked_order_and_dataset_incremental(image_folders, tmp_path):
+    mini = build_mini_fif(mini_sources(image_folders), tmp_path / "mini", num_tasks=3, order="dataset_chunked")
+    reader = FifReader.from_root(mini.root, rule=RULE)
+    stream = stream_from_file(reader, mini.stream, dataset_incremental=True)
+    assert [t.datasets for t in stream.tasks] == [("FLOWERS",), ("SHAPES",)]
+    assert (mini.root / "stream_construction" / "datasets" / "PETS.json").is_file()
+
+
+def test_mini_fif_bad_input_leaves_nothing(image_folders, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        build_mini_fif(mini_sources(image_folders), tmp_path / "mini", num_tasks=6)
+    assert "6 tasks need at least 6 classes; the stream has 5" in one_line(err)
+    with pytest.raises(DataError) as err:
+        build_mini_fif([MiniSource("GONE", tmp_path / "gone")], tmp_path / "mini")
+    assert "gone" in one_line(err) and "<class>/<image>" in one_line(err)
+    with pytest.raises(ConfigError):
+        build_mini_fif([MiniSource("A+++B", image_folders / "pets")], tmp_path / "mini")
+    assert list(tmp_path.iterdir()) == []  # no tree, no temporary folder
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        build_mini_fif(mini_sources(image_folders), tmp_path / "taken")
