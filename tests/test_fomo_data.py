@@ -14,6 +14,7 @@ from fluxbench.benchmarks.folder_cache import ResizeRule
 from fluxbench.errors import ConfigError, DataError
 from fluxbench.fomo import RELEASED, SOURCE, FifReader
 from fluxbench.fomo.captions import candidates, class_prompts, eval_caption, training_captions
+from fluxbench.fomo.digits import DIGIT_WORDS, digits_fif
 from fluxbench.fomo.mini import MiniSource, build_mini_fif
 from fluxbench.fomo.streams import (
     by_dataset,
@@ -396,3 +397,26 @@ def test_mini_fif_bad_input_leaves_nothing(image_folders, tmp_path):
     (tmp_path / "taken" / "x").write_text("mine")
     with pytest.raises(ConfigError, match="not empty"):
         build_mini_fif(mini_sources(image_folders), tmp_path / "taken")
+
+
+# --- the embedded default
+
+
+def test_digits_fif_is_offline_in_the_released_format_and_cached():
+    first = digits_fif()
+    again = digits_fif()
+    assert again.root == first.root and (first.root / "data_lib" / "00_info" / "DIGITS_NOISE_train.json").is_file()
+    reader = FifReader.from_root(first.root, rule=ResizeRule(32, 1.0))
+    adapt = {row.name for row in reader.table.by_role("adapt") if row.name.startswith("DIGITS_")}
+    evaluation = {row.name for row in reader.table.by_role("eval") if row.name.startswith("DIGITS_")}
+    assert adapt == {"DIGITS_INVERTED", "DIGITS_TINTED", "DIGITS_NOISE", "DIGITS_BLUR"}
+    assert evaluation == {"DIGITS_CLEAN", "DIGITS_PIXELATE", "DIGITS_CONTRAST"}
+    stream = stream_from_manifest(reader, first.manifest)
+    assert stream.about["captions"] == "templated" and [len(t.classes) for t in stream.tasks] == [10, 10, 10, 10]
+    assert set(stream.class_order) == {f"{d}+++{w}" for d in adapt for w in DIGIT_WORDS}
+    clean = reader.images("DIGITS_CLEAN", "test").images.astype(np.float32)
+    for name in ("DIGITS_INVERTED", "DIGITS_NOISE", "DIGITS_BLUR", "DIGITS_CONTRAST", "DIGITS_TINTED"):
+        other = reader.images(name, "test")
+        assert other.images.shape == clean.shape
+        assert np.abs(other.images.astype(np.float32) - clean).mean() > 5  # a visibly different sub-domain
+    assert task_captions(reader, stream.tasks[0], seed=0)[0].endswith(".")

@@ -8,7 +8,8 @@ mini-FiF recipe). Modules, one job each:
 - :mod:`~fluxbench.fomo.info`: the generic reader of info JSONs and images;
 - :mod:`~fluxbench.fomo.captions`: the caption rule;
 - :mod:`~fluxbench.fomo.streams`: ``NAME+++class`` streams, task chunking, manifests and replay;
-- :mod:`~fluxbench.fomo.mini`: a mini-FiF written from ImageFolder datasets already on disk.
+- :mod:`~fluxbench.fomo.mini`: a mini-FiF written from ImageFolder datasets already on disk;
+- :mod:`~fluxbench.fomo.digits`: the embedded offline default (digits sub-domains in the released format).
 """
 
 from fluxbench.fomo.datasets_table import RELEASED, DatasetTable, FifDataset
