@@ -10,17 +10,19 @@ import pytest
 from datasets_fixtures import write_image_folder
 from fomo_fixtures import CLASSES, PER_CLASS, adapt_entries, write_fif_tree
 
-from fluxbench.benchmarks.folder_cache import ResizeRule
+from fluxbench.benchmarks.folder_cache import ResizeRule, cache_stats
 from fluxbench.errors import ConfigError, DataError
 from fluxbench.fomo import RELEASED, SOURCE, FifReader
 from fluxbench.fomo.captions import candidates, class_prompts, eval_caption, training_captions
 from fluxbench.fomo.digits import DIGIT_WORDS, digits_fif
 from fluxbench.fomo.mini import MiniSource, build_mini_fif
 from fluxbench.fomo.streams import (
+    build_stream,
     by_dataset,
     chunk,
     ordering_of,
     read_stream,
+    stream_from_datasets,
     stream_from_file,
     stream_from_manifest,
     task_captions,
@@ -420,3 +422,30 @@ def test_digits_fif_is_offline_in_the_released_format_and_cached():
         assert other.images.shape == clean.shape
         assert np.abs(other.images.astype(np.float32) - clean).mean() > 5  # a visibly different sub-domain
     assert task_captions(reader, stream.tasks[0], seed=0)[0].endswith(".")
+
+
+def test_a_malformed_classnames_file_is_not_reported_as_missing(tmp_path_factory):
+    root = broken_tree(tmp_path_factory)
+    (root / "data_lib" / "00_info" / "DTD_classnames.json").write_text('["banded", ')
+    write_stream(root, "random_sequence_1", adapt_entries())
+    with pytest.raises(DataError) as err:
+        stream_from_file(FifReader.from_root(root, rule=RULE), "random_sequence_1", num_tasks=2)
+    assert "DTD_classnames.json is not valid JSON" in one_line(err)
+
+
+def test_images_are_decoded_once_through_the_folder_cache(fif_root):
+    FifReader.from_root(fif_root, rule=RULE).images("FSCOCO", "test")
+    hits = cache_stats()["hits"]
+    again = FifReader.from_root(fif_root, rule=RULE).images("FSCOCO", "test")
+    assert cache_stats()["hits"] == hits + 1 and len(again) == 4
+
+
+def test_streams_from_per_dataset_files(fif_root, reader):
+    for name in ("dtd", "fscoco"):
+        upper = name.upper()
+        write_stream(fif_root, f"datasets/{name}",
+                     [f"{upper}+++{c}" for c in CLASSES[upper]])
+    entries = stream_from_datasets(fif_root / "stream_construction", ["dtd", "fscoco"])
+    assert [e.key for e in entries] == [f"DTD+++{c}" for c in CLASSES["DTD"]] + ["FSCOCO+++cow", "FSCOCO+++zebra"]
+    stream = build_stream(reader, entries, num_tasks=2)
+    assert [len(t.classes) for t in stream.tasks] == [3, 2]

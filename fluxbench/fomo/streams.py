@@ -179,15 +179,22 @@ def missing_on_disk(reader: FifReader, entries: Sequence[StreamEntry]) -> tuple[
         if entry.dataset in absent:
             continue
         if entry.dataset not in classes:
-            try:
-                reader.layout.dataset_dir(reader.table[entry.dataset].name)
-                classes[entry.dataset] = set(reader.classnames(entry.dataset))
-            except DataError:
+            if not _present(reader, entry.dataset):
                 absent[entry.dataset] = None
                 continue
+            classes[entry.dataset] = set(reader.classnames(entry.dataset))  # a malformed file still fails loudly
         if entry.classname not in classes[entry.dataset]:
             missing_classes.append(entry.key)
     return list(absent), missing_classes
+
+
+def _present(reader: FifReader, dataset: str) -> bool:
+    """A table row, an image folder and a class list (retrieval sets may lack the list)."""
+    if dataset not in reader.table:
+        return False
+    row = reader.table[dataset]
+    listed = reader.layout.classnames_file(row.name).is_file() or row.kind == "retrieval"
+    return (reader.layout.image_root / row.name).is_dir() and listed
 
 
 def check_on_disk(reader: FifReader, entries: Sequence[StreamEntry], where: str) -> None:
