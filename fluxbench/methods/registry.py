@@ -24,7 +24,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from omegaconf import OmegaConf
 
 from fluxbench.errors import ConfigError
-from fluxbench.methods.base import Method, MethodContext
+from fluxbench.methods.base import CONF_DIR, Method, MethodContext
 
 ENTRY_POINT_GROUP = "fluxbench.methods"
 META_KEYS = ("name", "search_space")
@@ -68,11 +68,21 @@ def get_method(name: str) -> type[Method]:
 
 
 def method_config(name: str) -> dict[str, Any]:
-    """The method's YAML (defaults and search space) as a plain dict."""
+    """The method's defaults and search space as a plain dict: composed by Hydra for in-tree methods (their YAML
+    pulls the shared training keys from ``conf/method/training`` through its defaults list), read as it is for
+    methods from other packages."""
     path = get_method(name).config_path()
     if not path.is_file():
         raise ConfigError(f"method {name!r} has no config file at {path}")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if path.parent != CONF_DIR / "method":
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra job: compose in its context
+        return OmegaConf.to_container(compose("config", [f"method={name}"]).method, resolve=True)
+    with initialize_config_module("fluxbench.conf", version_base="1.3"):
+        return OmegaConf.to_container(compose("config", [f"method={name}"]).method, resolve=True)
 
 
 def hyperparameters(cfg: Mapping[str, Any]) -> dict[str, Any]:
