@@ -300,3 +300,21 @@ def test_timm_source_models_come_with_their_trained_head(tmp_path):
         build_source_model({"default": {**spec, "weights": str(headless)}})
     with pytest.raises(ConfigError, match="has no 'vit'; defined: default"):
         build_source_model({"default": spec}, "vit")
+
+
+def test_a_freshly_trained_source_model_is_handed_over_without_gradients():
+    """On a cold cache the source model was just trained: its last batch's .grad must not reach Tent's first step."""
+    from fluxbench.backbones.source_models import _train
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    x, y = torch.rand(40, 3, 8, 8), torch.randint(0, 4, (40,))
+    _train(model, x, y, {"epochs": 1, "batch_size": 16, "lr": 1e-2, "seed": 0}, "cpu")
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_tent_sgd_is_nesterov_as_the_official_code():
+    method, _ = build(tta_config("method=tent", "method.optimizer=sgd", "method.lr=0.00025"))
+    (group,) = method.optimizer.param_groups
+    assert isinstance(method.optimizer, torch.optim.SGD) and group["nesterov"] and group["momentum"] == 0.9
+    assert group["dampening"] == 0

@@ -199,6 +199,9 @@ def _train(model: SourceClassifier, x: torch.Tensor, y: torch.Tensor, recipe: Ma
                 loss.backward()
                 opt.step()
                 sched.step()
+    # the last batch's gradients must not reach a test-time method: its first step would differ from the
+    # official code's on a cold cache only (a warm cache loads weights without any .grad)
+    model.zero_grad(set_to_none=True)
     model.eval().cpu()
 
 

@@ -13,7 +13,7 @@ and then calls, for a supervised stream, for each experience in order::
 
 or, for test-time adaptation, for each unlabeled batch::
 
-    method.adapt(x)                       # logits for x (predicted before updating), then update
+    method.adapt(x)                       # logits of its last forward pass on x (steps=1: before the update)
     method.reset()                        # when the stream says a new episode starts
 
 Methods never open files, log, or pick seeds: the protocol seeds torch's global RNG and

@@ -32,6 +32,7 @@ class TentHparams:
     lr: float
     optimizer: str  # adam (CIFAR-10-C) | sgd (ImageNet-C, momentum 0.9)
     momentum: float
+    nesterov: bool  # SGD only; the official code's OPTIM.NESTEROV default
     weight_decay: float
     steps: int
     episodic: bool  # reset to the source model before every batch
@@ -51,7 +52,8 @@ class Tent(TestTimeMethod):
         super().__init__(hparams, ctx)
         self.model = self.source_model(hparams.source_model)
         params = configure_norm_adaptation(self.model, all_parameters=hparams.params == "all")
-        self.optimizer = make_optimizer(params, hparams.optimizer, hparams.lr, hparams.momentum, hparams.weight_decay)
+        self.optimizer = make_optimizer(params, hparams.optimizer, hparams.lr, hparams.momentum, hparams.weight_decay,
+                                        nesterov=hparams.nesterov)
         self.snapshot(self.model, self.optimizer)
 
     @torch.enable_grad()

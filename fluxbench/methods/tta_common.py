@@ -35,7 +35,9 @@ class TestTimeMethod(Method):
         if self.ctx.build_source_model is None:
             raise ConfigError(f"method {self.name!r} needs a trained source model; use a benchmark with "
                               "source_models (digits_c, cifar10_c, imagenet_c)")
-        return self.ctx.build_source_model(name).to(self.device)
+        model = self.ctx.build_source_model(name).to(self.device)
+        model.zero_grad(set_to_none=True)  # whatever built it, adaptation starts from no gradient
+        return model
 
     def snapshot(self, *parts: nn.Module | torch.optim.Optimizer) -> None:
         """Remember the state of ``parts`` (modules and optimizers) so that :meth:`reset` can restore it."""
