@@ -48,3 +48,38 @@ def test_a_wrong_key_or_type_fails_when_the_config_is_composed(override, message
     with pytest.raises(ConfigCompositionException) as err:
         compose_config(*override.split())
     assert message in str(err.value) + str(err.value.__cause__)
+
+
+def test_steplr_decays_by_lr_decay_at_the_papers_milestone_fractions():
+    import torch
+
+    from fluxbench.methods.registry import validate_hyperparameters
+    from fluxbench.methods.training import make_scheduler, steplr_milestones
+
+    assert steplr_milestones(35, 2) == [14, 28] and steplr_milestones(35, 3) == [10, 20, 30]  # 2/5, 4/5; 2/7..6/7
+    assert steplr_milestones(90, 4) == [20, 40, 60, 80]  # 2/9 .. 8/9
+    hp = validate_hyperparameters(compose_config("method=finetune", "method.epochs=7", "method.scheduler=steplr",
+                                                 "method.lr_decay=0.5", "method.milestones=3")["method"])
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=hp.lr)
+    sched, lrs = make_scheduler(opt, hp), []
+    for _ in range(hp.epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025, 0.00125])  # milestones at 2, 4, 6
+
+
+def test_the_papers_search_budget_is_a_named_preset_and_its_grid_has_the_decay_and_milestones():
+    cfg = compose_config("protocol=two_phase_gtep", "method=mos")
+    assert cfg["protocol"]["name"] == "two_phase"
+    assert (cfg["protocol"]["n_trials"], cfg["protocol"]["tuning_seeds"], cfg["protocol"]["num_seeds"]) == (30, 5, 5)
+    space = cfg["method"]["search_space"]
+    assert space["lr_decay"] == {"choices": [0.1, 0.3, 0.5]} and space["milestones"] == {"choices": [2, 3, 4]}
+
+
+def test_a_decay_out_of_range_is_one_line():
+    from fluxbench.errors import ConfigError
+    from fluxbench.methods.registry import validate_hyperparameters
+
+    with pytest.raises(ConfigError, match=r"^method.lr_decay must be in \(0, 1\]; got 1.5$"):
+        validate_hyperparameters(compose_config("method=finetune", "method.lr_decay=1.5")["method"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Mapping
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from importlib.metadata import entry_points
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -95,7 +95,8 @@ def validate_hyperparameters(cfg: Mapping[str, Any]) -> Any:
     cls = get_method(cfg["name"])
     values = hyperparameters(cfg)
     expected = {f.name for f in fields(cls.Hparams)}
-    unknown, missing = sorted(set(values) - expected), sorted(expected - set(values))
+    required = {f.name for f in fields(cls.Hparams) if f.default is MISSING and f.default_factory is MISSING}
+    unknown, missing = sorted(set(values) - expected), sorted(required - set(values))
     if unknown or missing:
         raise ConfigError(f"method {cls.name!r}: unknown hyperparameters {unknown}, missing {missing}")
     hints = get_type_hints(cls.Hparams)

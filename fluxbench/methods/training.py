@@ -18,7 +18,7 @@ happens after an experience), and keeps a loop as lean as a hand-written one.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -41,6 +41,11 @@ class TrainingHparams:
     momentum: float
     weight_decay: float
     scheduler: str
+    # steplr only: the factor at each milestone and how many milestones (GTEP's grid: decay 0.1/0.3/0.5, 2/3/4
+    # milestones at 2k/(2m+1) of the epochs, as PyCIL/PILOT place them); keyword-only, so methods from other
+    # packages written before them keep working
+    lr_decay: float = field(default=0.1, kw_only=True)
+    milestones: int = field(default=2, kw_only=True)
 
     def __post_init__(self) -> None:
         check_range("lr", self.lr, 0, 10, low_open=True)
@@ -50,6 +55,8 @@ class TrainingHparams:
         check_range("weight_decay", self.weight_decay, 0)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("scheduler", self.scheduler, SCHEDULERS)
+        check_range("lr_decay", self.lr_decay, 0, 1, low_open=True)
+        check_range("milestones", self.milestones, 1)
 
 
 def make_optimizer(params: Iterable, hp: TrainingHparams) -> torch.optim.Optimizer:
@@ -60,13 +67,18 @@ def make_optimizer(params: Iterable, hp: TrainingHparams) -> torch.optim.Optimiz
     return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
 
 
+def steplr_milestones(epochs: int, count: int) -> list[int]:
+    """``count`` milestones at 2k/(2 count + 1) of the epochs: 2 -> 2/5, 4/5; 3 -> 2/7, 4/7, 6/7; 4 -> 2/9 .. 8/9."""
+    return [round(epochs * 2 * k / (2 * count + 1)) for k in range(1, count + 1)]
+
+
 def make_scheduler(opt: torch.optim.Optimizer, hp: TrainingHparams) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped once per epoch."""
     if hp.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs)
     if hp.scheduler == "steplr":
-        milestones = [round(hp.epochs * f) for f in (2 / 5, 4 / 5)]
-        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steplr_milestones(hp.epochs, hp.milestones),
+                                                    gamma=hp.lr_decay)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
