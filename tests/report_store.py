@@ -121,7 +121,8 @@ def two_phase_by_hand(tracker: Tracker) -> None:
             seed_run(tracker, parent.run_id, f"tp-{method}-s{seed}", seed, "evaluation", matrix(last + 0.02 * seed),
                      {"wall_time_s": 2.0 + seed, "peak_memory_mb": 100.0})
         tracker.log_metrics(parent, {"conventional_last_accuracy": conv, "overestimation_gap": conv - last - 0.01,
-                                     "last_accuracy_mean": 0.0})
+                                     "last_accuracy_mean": 0.0,
+                                     "phase2_diverged_seeds": 1.0 if method == "replay" else 0.0})
         tracker.end(parent)
 
 

@@ -148,6 +148,10 @@ def test_two_phase_ranking_change_gap_and_kendall_tau(store, tmp_path):
     md = (files / "leaderboard.md").read_text()
     assert "Kendall tau between the two rankings: -0.33" in md
     assert "| prototype | 80.00 | 71.00 | 9.00 | 3 | 1 | +2 |" in md
+    # a seed that diverged stays in the figure and is said beside it
+    assert tp["diverged"].to_dict() == {"prototype": 0, "finetune": 0, "replay": 1}
+    assert "| replay | 85.00 | 50.00 (1 of 2 seeds diverged) |" in md
+    assert "50.00 (1 of 2 seeds diverged)" in (files / "index.html").read_text()
     assert (files / "two_phase.csv").is_file()
 
 

@@ -357,3 +357,38 @@ def test_tpe_claims_new_trials_until_the_budget_is_spent(tmp_path):
         study.complete(trial, trial.params["lam"] / 100, {})
     assert len(trials) == 3 and all(1.0 <= t.params["lam"] <= 100.0 for t in trials)
     assert study.best().number == max(trials, key=lambda t: t.params["lam"]).number
+
+
+def test_phase2_seeds_that_diverge_stay_in_the_figure_and_are_counted(make_config, monkeypatch, capsys):
+    """A selected setting that fails to transfer is what the protocol measures: no seed is dropped."""
+    from fluxbench.errors import DivergedError
+    from fluxbench.methods.finetune import Finetune
+    from fluxbench.protocols.execution import SupervisedLoop
+
+    cfg = make_config(*SMALL, "method=finetune", "protocol.n_trials=1", "protocol.tuning_seeds=1",
+                      "protocol.num_seeds=2")
+    original, trained = SupervisedLoop.experience, []
+
+    def diverging_on_evaluation_data(self, method, stream, i, partial, device):
+        if self.keep_diverged:  # phase 2 only: the tuning seeds train normally
+            def train(exp):
+                trained.append(exp.index)
+                if exp.index == 2:
+                    raise DivergedError("the training loss became nan (experience 2, epoch 0)")
+                return Finetune.train_experience(method, exp)
+
+            monkeypatch.setattr(method, "train_experience", train)
+        return original(self, method, stream, i, partial, device)
+
+    monkeypatch.setattr(SupervisedLoop, "experience", diverging_on_evaluation_data)
+    tracker = tracker_of(cfg)
+    result = two_phase.run(cfg, tracker)
+    assert trained == [0, 1, 2, 0, 1, 2]  # each seed stops training where it diverged...
+    summary = result["summary"]
+    assert summary["phase2_diverged"] == 2 and summary["phase2_seeds"] == [0, 1] and summary["phase2_failed"] == []
+    assert summary["two_phase"]["last_accuracy"]["n"] == 2  # ...and is scored as its model stood, not dropped
+    parent = tracker.client.get_run(result["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["phase2_diverged_seeds"] == 2
+    seeds = [r for r in tracker.children(result["run_id"]) if r.data.tags.get(KIND_TAG) == "seed"]
+    assert len(seeds) == 2 and all(r.data.metrics["diverged"] == 1.0 for r in seeds)
+    assert "phase-2 seeds diverged: 2 of 2" in capsys.readouterr().out

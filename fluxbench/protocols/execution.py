@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from fluxbench.benchmarks import DataSplit
+from fluxbench.errors import DivergedError
 from fluxbench.methods import Method, MethodContext
 from fluxbench.protocols.metrics import step_accuracies, summarize_matrix
 from fluxbench.protocols.setup import build_stream, method_context, scenario_of
@@ -31,6 +33,11 @@ def accuracy(method: Method, exp: Experience, device: torch.device, num_seen: in
 def learn_experience(method: Method, stream: list[Experience], i: int, R: np.ndarray, device: torch.device) -> None:
     """Train on experience ``i``, then fill row ``i`` of the accuracy matrix."""
     method.train_experience(stream[i])
+    evaluate_row(method, stream, i, R, device)
+
+
+def evaluate_row(method: Method, stream: list[Experience], i: int, R: np.ndarray, device: torch.device) -> None:
+    """Row ``i`` of the accuracy matrix: every experience seen so far, among the classes seen so far."""
     for j in range(i + 1):
         R[i, j] = accuracy(method, stream[j], device, stream[i].num_seen_classes)
 
@@ -63,12 +70,17 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class SupervisedLoop:
-    """Class-incremental seeds: the stream of ``split`` for each seed; the result is the accuracy matrix."""
+    """Class-incremental seeds: the stream of ``split`` for each seed; the result is the accuracy matrix.
+
+    ``keep_diverged``: a diverging loss does not fail the seed; training stops there and the model is scored as
+    it stands on every later experience (two_phase's phase 2: a selected setting that fails to transfer is what
+    that protocol measures, so the seed stays in the figure). The seed's ``diverged`` metric says so.
+    """
 
     resumable = True
 
-    def __init__(self, cfg: Mapping[str, Any], split: DataSplit) -> None:
-        self.cfg, self.split = cfg, split
+    def __init__(self, cfg: Mapping[str, Any], split: DataSplit, keep_diverged: bool = False) -> None:
+        self.cfg, self.split, self.keep_diverged = cfg, split, keep_diverged
         self.fingerprint = split.fingerprint()
         self.sizes_of_experiences = scenario_of(cfg).experience_sizes(split.num_classes)  # validates the scenario
 
@@ -86,12 +98,22 @@ class SupervisedLoop:
 
     def begin(self, stream: list[Experience]) -> dict[str, torch.Tensor]:
         T = len(stream)
-        return {"matrix": torch.full((T, T), float("nan"), dtype=torch.float64)}
+        return {"matrix": torch.full((T, T), float("nan"), dtype=torch.float64),
+                "diverged_at": torch.tensor(-1)}  # the experience whose training diverged; -1: none
 
     def experience(self, method: Method, stream: list[Experience], i: int, partial: dict[str, torch.Tensor],
                    device: torch.device) -> dict[str, float]:
         R = partial["matrix"].numpy()  # a view: filling R fills the checkpointed tensor
-        learn_experience(method, stream, i, R, device)
+        if _diverged_at(partial) < 0:
+            try:
+                method.train_experience(stream[i])
+            except DivergedError as err:
+                if not self.keep_diverged:
+                    raise
+                partial["diverged_at"] = torch.tensor(i)
+                print(f"fluxbench: warning: {err}; training stops here and the model is scored as it stands",
+                      file=sys.stderr)
+        evaluate_row(method, stream, i, R, device)
         sizes = [len(e.test) for e in stream[: i + 1]]
         return {"accuracy": float(step_accuracies(R[: i + 1, : i + 1], sizes)[-1]),
                 **{f"acc_exp{j}": float(R[i, j]) for j in range(i + 1)}}
@@ -99,4 +121,11 @@ class SupervisedLoop:
     def result(self, stream: list[Experience], partial: dict[str, torch.Tensor]
                ) -> tuple[dict[str, float], np.ndarray | None, list[int] | None]:
         R, sizes = partial["matrix"].numpy().copy(), [len(e.test) for e in stream]
-        return summarize_matrix(R, sizes), R, sizes
+        metrics = summarize_matrix(R, sizes)
+        if self.keep_diverged:
+            metrics["diverged"] = float(_diverged_at(partial) >= 0)
+        return metrics, R, sizes
+
+
+def _diverged_at(partial: Mapping[str, Any]) -> int:
+    return int(partial.get("diverged_at", -1))

@@ -171,7 +171,7 @@ def _worker_inputs(cfg: Mapping[str, Any], role: str) -> tuple[Tracker, Supervis
     if "tracker" not in _WORKER:
         _WORKER["tracker"] = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
     if role not in _WORKER:
-        _WORKER[role] = SupervisedLoop(cfg, load_split(cfg, role))
+        _WORKER[role] = SupervisedLoop(cfg, load_split(cfg, role), keep_diverged=role == L.PHASE_EVALUATION)
     return _WORKER["tracker"], _WORKER[role]
 
 
@@ -209,7 +209,8 @@ def run_phase1(cfg: Mapping[str, Any], key: str, parent: RunHandle, tracker: Tra
 # -- phase 2 ---------------------------------------------------------------------------------
 def evaluate_seed(cfg: Mapping[str, Any], loop: SupervisedLoop, seed: int, tracker: Tracker, parent: RunHandle,
                   progress: Callable[[int], None] | None = None) -> SeedRecord | str:
-    """One phase-2 seed; a diverging seed comes back as its failure reason."""
+    """One phase-2 seed. A diverging loss is scored, not dropped (``SupervisedLoop.keep_diverged``); a seed that
+    still fails comes back as its failure reason."""
     try:
         return run_seed(cfg, seed, loop, tracker, parent, {L.PHASE_TAG: L.PHASE_EVALUATION}, progress)
     except DivergedError as err:
@@ -252,6 +253,7 @@ def report(cfg: Mapping[str, Any], tracker: Tracker, parent: RunHandle, study: S
     if not results:
         raise DivergedError(f"every phase-2 seed diverged with the selected values {_fmt(best.params)}: {failed[0]}")
     agg = aggregate(r.metrics for r in results)
+    diverged = sum(int(r.metrics.get("diverged", 0.0)) for r in results)  # kept in the figure, counted here
     conventional = aggregate(best.user_attrs["seed_metrics"])
     gap = best.value - agg[metric]["mean"]
     tracker.set_tags(parent, {L.SELECTED_TAG.format(name=k): v for k, v in best.params.items()}
@@ -262,14 +264,17 @@ def report(cfg: Mapping[str, Any], tracker: Tracker, parent: RunHandle, study: S
     summary = {"selection_metric": metric, "selected": best.params, "selected_trial": best.number,
                "conventional": {metric: best.value, "summary": conventional}, "two_phase": agg,
                "overestimation_gap": gap, "phase2_seeds": [r.seed for r in results], "phase2_failed": failed,
+               "phase2_diverged": diverged,
                "trials": trials}
     table = "\n".join([
         format_table({"two-phase": agg, "conventional (phase-1 best)": conventional}),
         f"selected (trial {best.number}): {_fmt(best.params)}",
-        f"overestimation gap ({metric}): {100 * gap:+.2f} points (conventional minus two-phase)"])
+        f"overestimation gap ({metric}): {100 * gap:+.2f} points (conventional minus two-phase)",
+        f"phase-2 seeds diverged: {diverged} of {len(results)} (kept in the figure, scored as their model stood)"])
     for reason in failed:
         print(f"warning: phase-2 {reason}", file=sys.stderr)
-    metrics = flat_summary(agg) | {f"conventional_{metric}": best.value, "overestimation_gap": gap}
+    metrics = flat_summary(agg) | {f"conventional_{metric}": best.value, "overestimation_gap": gap,
+                                   "phase2_diverged_seeds": float(diverged), "phase2_seeds": float(len(results))}
     return ParentResult(metrics, summary, table, {"summary": summary, "selected": dict(best.params)})
 
 
@@ -277,7 +282,7 @@ def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
     check_config(cfg)
     preflight(cfg, kind="supervised")
     tuning = SupervisedLoop(cfg, load_split(cfg, L.PHASE_TUNING))
-    evaluation = SupervisedLoop(cfg, load_split(cfg, L.PHASE_EVALUATION))
+    evaluation = SupervisedLoop(cfg, load_split(cfg, L.PHASE_EVALUATION), keep_diverged=True)
     check_disjoint(cfg, tuning.split, evaluation.split)
     key = protocol_key(cfg, tuning.split, evaluation.split)
     label = f"{cfg['method']['name']} on {cfg['benchmark']['name']}"

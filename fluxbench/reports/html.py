@@ -10,7 +10,7 @@ import pandas as pd
 
 from fluxbench.reports import plots
 from fluxbench.reports.format import LEGEND, headline, number, parts
-from fluxbench.reports.tables import GROUP, compute_columns, label
+from fluxbench.reports.tables import GROUP, compute_columns, diverged_note, label
 
 CSS = """
 :root{--ink:#111827;--muted:#6b7280;--line:#e5e7eb;--bg:#f6f7f9;--card:#fff;--accent:#2563eb}
@@ -134,7 +134,8 @@ def two_phase_section(tp: pd.DataFrame, palette: dict[str, str]) -> str:
             arrow = f'<span class="{"up" if change > 0 else "down"}">{change:+d}</span>' if change else "0"
             rows.append(f'<tr><td><span class="dot" style="background:{palette[r["method"]]}"></span>'
                         f'{escape(r["method"])}</td><td>{number(r["conventional"], metric)}</td>'
-                        f'<td>{number(r["two_phase"], metric)}</td><td>{number(r["gap"], metric)}</td>'
+                        f'<td>{number(r["two_phase"], metric)}{escape(diverged_note(r))}</td>'
+                        f'<td>{number(r["gap"], metric)}</td>'
                         f'<td>{r["rank_conventional"]}</td><td>{r["rank_two_phase"]}</td><td>{arrow}</td></tr>')
         tau = g["kendall_tau"].iloc[0]
         tau_text = "-" if pd.isna(tau) else f"{tau:.2f}"

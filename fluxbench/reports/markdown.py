@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from fluxbench.reports.format import LEGEND, cell, headline, number
-from fluxbench.reports.tables import GROUP, domain_columns, label
+from fluxbench.reports.tables import GROUP, diverged_note, domain_columns, label
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 2) -> str:
@@ -36,7 +36,7 @@ def two_phase_section(tp: pd.DataFrame) -> list[str]:
     out = []
     for benchmark, g in tp.groupby("benchmark", sort=True):
         metric = g["metric"].iloc[0]
-        rows = [[r["method"], number(r["conventional"], metric), number(r["two_phase"], metric),
+        rows = [[r["method"], number(r["conventional"], metric), number(r["two_phase"], metric) + diverged_note(r),
                  number(r["gap"], metric), str(r["rank_conventional"]), str(r["rank_two_phase"]),
                  f"{r['rank_change']:+d}"] for _, r in g.iterrows()]
         tau = g["kendall_tau"].iloc[0]

@@ -138,8 +138,10 @@ def two_phase_table(board: pd.DataFrame, parents: pd.DataFrame) -> pd.DataFrame:
             continue
         conv, tp = pm[f"conventional_{metric}"], r[f"{metric}_mean"]
         rows.append({"benchmark": r["benchmark"], "method": r["method"], "metric": metric, "conventional": conv,
-                     "two_phase": tp, "gap": conv - tp})
-    columns = ["benchmark", "method", "metric", "conventional", "two_phase", "gap", "rank_conventional",
+                     "two_phase": tp, "gap": conv - tp, "diverged": int(pm.get("phase2_diverged_seeds", 0)),
+                     "seeds": int(r["seeds"])})
+    columns = ["benchmark", "method", "metric", "conventional", "two_phase", "diverged", "seeds", "gap",
+               "rank_conventional",
                "rank_two_phase", "rank_change", "kendall_tau"]
     if not rows:
         return pd.DataFrame(columns=columns)
@@ -152,6 +154,12 @@ def two_phase_table(board: pd.DataFrame, parents: pd.DataFrame) -> pd.DataFrame:
         g["kendall_tau"] = kendall_tau(g["conventional"], g["two_phase"])
         parts.append(g.sort_values(["rank_two_phase", "method"]))
     return pd.concat(parts, ignore_index=True)[columns]
+
+
+def diverged_note(row: pd.Series) -> str:
+    """``" (1 of 5 seeds diverged)"`` beside a two-phase number whose seeds did; empty otherwise."""
+    k = int(row.get("diverged", 0) or 0)
+    return f" ({k} of {int(row['seeds'])} seeds diverged)" if k else ""
 
 
 def kendall_tau(a: pd.Series, b: pd.Series) -> float:
