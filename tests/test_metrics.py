@@ -42,6 +42,27 @@ def test_fwt_needs_future_entries_and_a_baseline():
     assert metrics.forward_transfer(full, [0.0, 0.1, 0.2]) == pytest.approx(0.2)
 
 
+def test_the_three_forgetting_definitions_differ_as_documented():
+    # an experience that improves after it is learnt (backward transfer), then drops a little at the end
+    R3 = np.array([[0.5, np.nan, np.nan], [0.9, 0.6, np.nan], [0.8, 0.7, 0.9]])
+    chaudhry = ((0.9 - 0.8) + (0.6 - 0.7)) / 2  # best *earlier* minus final: exp 1 is negative (it improved)
+    avalanche = ((0.5 - 0.8) + (0.6 - 0.7)) / 2  # first minus final: both negative
+    pycil = ((0.9 - 0.8) + (0.7 - 0.7)) / 2  # best of all steps (final included) minus final: never below zero
+    assert metrics.forgetting(R3) == pytest.approx(chaudhry) == pytest.approx(0.0)
+    assert metrics.forgetting_first_minus_last(R3) == pytest.approx(avalanche) == pytest.approx(-0.2)
+    assert metrics.forgetting_clipped(R3) == pytest.approx(pycil) == pytest.approx(0.05)
+    assert metrics.forgetting_first_minus_last(R3) == pytest.approx(-metrics.backward_transfer(R3))
+    summary = metrics.summarize_matrix(R3)
+    assert (summary["forgetting"], summary["forgetting_first_last"], summary["forgetting_pycil"]) == pytest.approx(
+        (chaudhry, avalanche, pycil))
+
+
+def test_fwt_is_reported_only_where_it_is_defined():
+    assert "fwt" not in metrics.summarize_matrix(R)  # class-incremental: nothing above the diagonal
+    full = np.array([[0.9, 0.3, 0.2], [0.6, 0.8, 0.4], [0.5, 0.7, 0.9]])
+    assert metrics.summarize_matrix(full, baseline=[0.0, 0.1, 0.2])["fwt"] == pytest.approx(0.2)
+
+
 def test_single_experience_has_no_forgetting():
     assert metrics.forgetting(np.array([[0.7]])) == 0.0
     assert metrics.backward_transfer(np.array([[0.7]])) == 0.0

@@ -39,6 +39,22 @@ def forgetting(R: np.ndarray) -> float:
     return float(np.mean([np.max(R[j:T - 1, j]) - R[T - 1, j] for j in range(T - 1)]))
 
 
+def forgetting_first_minus_last(R: np.ndarray) -> float:
+    """avalanche's experience forgetting: mean over old experiences of (accuracy right after learning it - final
+    accuracy), R[j, j] - R[T-1, j]; the negative of BWT. Named ``forgetting_first_last``."""
+    return -backward_transfer(R) if np.asarray(R).shape[0] > 1 else 0.0
+
+
+def forgetting_clipped(R: np.ndarray) -> float:
+    """PyCIL/LAMDA-PILOT's forgetting: per old experience (class group), the best accuracy over every step, final
+    included, minus the final one (so never below zero), averaged. Named ``forgetting_pycil``."""
+    R = np.asarray(R, dtype=float)
+    T = R.shape[0]
+    if T < 2:
+        return 0.0
+    return float(np.mean([np.max(R[j:T, j]) - R[T - 1, j] for j in range(T - 1)]))
+
+
 def backward_transfer(R: np.ndarray) -> float:
     """Lopez-Paz & Ranzato (2017): mean of R[T-1, j] - R[j, j] over j < T-1."""
     R = np.asarray(R, dtype=float)
@@ -59,13 +75,22 @@ def forward_transfer(R: np.ndarray, baseline: Sequence[float] | None) -> float:
 
 def summarize_matrix(R: np.ndarray, sizes: Sequence[int] | None = None,
                      baseline: Sequence[float] | None = None) -> dict[str, float]:
-    return {
+    """The figures of one accuracy matrix. ``forgetting`` is Chaudhry's (the default everywhere); the avalanche and
+    PyCIL/PILOT definitions come beside it, since the three differ by up to several points on the same matrix.
+    ``fwt`` only where it is defined: with the baseline accuracies and the entries above the diagonal (a
+    class-incremental stream cannot have them: an experience's classes are masked out before they are learnt)."""
+    out = {
         "last_accuracy": last_accuracy(R, sizes),
         "avg_incremental_accuracy": average_incremental_accuracy(R, sizes),
         "forgetting": forgetting(R),
+        "forgetting_first_last": forgetting_first_minus_last(R),
+        "forgetting_pycil": forgetting_clipped(R),
         "bwt": backward_transfer(R),
-        "fwt": forward_transfer(R, baseline),
     }
+    fwt = forward_transfer(R, baseline)
+    if not math.isnan(fwt):
+        out["fwt"] = fwt
+    return out
 
 
 def mean_std_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:

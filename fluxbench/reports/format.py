@@ -10,7 +10,9 @@ import pandas as pd
 from fluxbench.reports.tables import ACCURACY, compute_columns, is_percent
 
 _SI = ("", "k", "M", "G", "T", "P", "E")
-LEGEND = "cells: mean ± std over seeds [95% confidence interval half-width]; accuracies and errors in %"
+LEGEND = ("cells: mean ± std over seeds [95% confidence interval half-width]; accuracies and errors in %; "
+          "forgetting: Chaudhry et al. 2018, the mean over old experiences of (best earlier accuracy - final "
+          "accuracy); leaderboard.csv adds avalanche's (first - final) and PyCIL/PILOT's (best of all steps - final)")
 
 
 def number(value: float, metric: str, digits: int | None = None) -> str:

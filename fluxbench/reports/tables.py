@@ -21,10 +21,13 @@ from fluxbench.tracking.layout import STEP_METRIC_PATTERN
 GROUP = ["benchmark", "protocol"]
 ROW = ["benchmark", "protocol", "method"]
 ACCURACY = ("last_accuracy", "avg_incremental_accuracy", "forgetting")
-PERCENT = {"last_accuracy", "avg_incremental_accuracy", "forgetting", "bwt", "fwt", "mean_error"}
+PERCENT = {"last_accuracy", "avg_incremental_accuracy", "forgetting", "forgetting_first_last", "forgetting_pycil",
+           "bwt", "fwt", "mean_error"}
 COMPUTE = ("wall_time_s", "peak_memory_mb")
 LABELS = {"last_accuracy": "last acc (%)", "avg_incremental_accuracy": "avg inc acc (%)",
-          "forgetting": "forgetting (%)", "bwt": "BWT (%)", "fwt": "FWT (%)", "mean_error": "mean error (%)",
+          "forgetting": "forgetting (%)", "forgetting_first_last": "forgetting, first-last (%)",
+          "forgetting_pycil": "forgetting, PyCIL (%)", "bwt": "BWT (%)", "fwt": "FWT (%)",
+          "mean_error": "mean error (%)",
           "wall_time_s": "wall time (s)", "peak_memory_mb": "peak mem (MB)"}
 _STEPPED = re.compile(STEP_METRIC_PATTERN)  # per-experience curves, not results
 _ID_COLUMNS = ("run_id", "parent_id", "seed")
