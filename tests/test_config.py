@@ -83,3 +83,14 @@ def test_a_decay_out_of_range_is_one_line():
 
     with pytest.raises(ConfigError, match=r"^method.lr_decay must be in \(0, 1\]; got 1.5$"):
         validate_hyperparameters(compose_config("method=finetune", "method.lr_decay=1.5")["method"])
+
+
+def test_mos_and_lae_get_raw_pixels_on_vit_b16_by_default_and_other_methods_keep_the_normalisation():
+    for method in ("mos", "lae"):
+        for backbone in ("vit_b16_in21k", "vit_b16_in21k_orig"):
+            node = compose_config(f"method={method}", f"backbone={backbone}")["backbone"]
+            assert node["mean"] is None and node["std"] is None
+    assert compose_config("method=finetune", "backbone=vit_b16_in21k")["backbone"]["mean"] == [0.5, 0.5, 0.5]
+    kept = compose_config("method=mos", "backbone=vit_b16_in21k", "backbone.mean=[0.5,0.5,0.5]")["backbone"]
+    assert kept["mean"] == [0.5, 0.5, 0.5]  # the command line still wins
+    assert compose_config("backbone=vit_b16_in21k_orig")["backbone"]["model"] == "vit_base_patch16_224.orig_in21k"
