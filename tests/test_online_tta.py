@@ -203,6 +203,9 @@ def test_gradual_and_mixed_metrics():
     (("method=tent", "protocol.batch_size=0"), "protocol.batch_size must be an integer >= 1"),
     (("method=tent", "stream.setting=sideways"), "unknown stream setting 'sideways'"),
     (("method=tent", "benchmark.corruptions.names=[fog,nope]"), "unknown corruption 'nope'"),
+    (("method=tent", "protocol.online_eval=sideways"), "online_eval='sideways'; use one of offline, realistic"),
+    (("method=tent", "protocol.speed_measure=vibes"), "protocol.speed_measure='vibes'"),
+    (("method=tent", "protocol.relative_speed=0"), "protocol.relative_speed must be an integer >= 1"),
 ])
 def test_bad_configs_are_config_errors_before_the_store_is_touched(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -250,3 +253,50 @@ def test_released_cifar10_c_files_stream_through_a_source_model_trained_on_cifar
     order = [int(i.rsplit("/", 1)[1]) for i in stream[1].test.ids]
     assert np.array_equal(stream[1].test.labels, labels[order])
     assert set(tta_metrics(stream, hits)) == {"error.gaussian_noise-5", "error.fog-5", "mean_error"}
+
+
+# -- realistic online evaluation (Alfarra et al., ICML 2024) --------------------------------------------------------
+def realistic_run(tmp_path, *overrides: str) -> dict:
+    cfg = tta_config("protocol.online_eval=realistic", *overrides, names=TWO, **{
+        "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment": "tta",
+        "tracking.checkpoint_dir": str(tmp_path / "ckpt")})
+    tracker = Tracker(cfg["tracking"]["uri"], "tta")
+    result = online_tta.run(cfg, tracker)
+    (seed,) = [r for r in tracker.children(result["run_id"]) if r.data.tags.get(KIND_TAG) == "seed"]
+    return seed.data.metrics
+
+
+def test_a_method_three_times_slower_than_its_source_adapts_on_a_third_of_the_batches(tmp_path, monkeypatch):
+    from fluxbench.methods.source import Source
+
+    calls = {"adapt": 0, "infer": 0}
+    original = Source.adapt
+
+    def slow_adapt(self, x):  # three forward passes: three times the source model's FLOPs
+        calls["adapt"] += 1
+        for _ in range(2):
+            original(self, x)
+        return original(self, x)
+
+    def infer(self, x):
+        calls["infer"] += 1
+        return original(self, x)
+
+    monkeypatch.setattr(Source, "adapt", slow_adapt)
+    monkeypatch.setattr(Source, "infer", infer)
+    metrics = realistic_run(tmp_path, "method=source")
+    batches = 2 * -(-539 // 64)  # two domains of 539 images, batches of 64: 18 batches per pass
+    assert metrics["relative_speed"] == 3.0
+    assert metrics["source_flops_per_batch"] * 3 == metrics["adapt_flops_per_batch"]
+    assert metrics["adapted_fraction"] == pytest.approx(6 / 18)  # batches 0, 3, 6, ... of the stream
+    # offline pass: every batch adapted; realistic pass: one in three; plus the measurement's warm copy
+    assert calls["infer"] == batches - 6 and calls["adapt"] == batches + 6 + 1
+    assert metrics["offline_mean_error"] == pytest.approx(metrics["mean_error"])  # the source model never changes
+
+
+def test_tent_online_error_is_reported_beside_its_offline_error(tmp_path):
+    metrics = realistic_run(tmp_path, "method=tent")
+    assert metrics["relative_speed"] >= 2  # forward and backward cost more than the source's forward
+    assert metrics["adapted_fraction"] == pytest.approx(1 / metrics["relative_speed"], abs=0.06)
+    assert {"mean_error", "offline_mean_error", "error.contrast-5", "offline_error.contrast-5"} <= set(metrics)
+    assert metrics["mean_error"] != metrics["offline_mean_error"]  # fewer updates: a different (online) figure

@@ -72,6 +72,9 @@ class OnlineTTASchema:
     name: str = "online_tta"
     num_seeds: int = 3
     batch_size: int = 64
+    online_eval: str = "offline"
+    speed_measure: str = "flops"
+    relative_speed: int | None = None
 
 
 SCHEMAS = {

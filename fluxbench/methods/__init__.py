@@ -2,6 +2,7 @@
 
 from fluxbench.methods import (  # noqa: F401
     avalanche_adapter,
+    bn_adapt,
     cema,
     finetune,
     hft,

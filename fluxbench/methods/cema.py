@@ -192,6 +192,16 @@ class CEMA(TestTimeMethod):
                 return self.foundation(x).float()
         return logits
 
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """The deployed model's logits, as ``adapt`` returns them, without selecting or uploading anything."""
+        if self.hparams.teacher_outputs:
+            set_bn_training(self.foundation, False)
+            return self.foundation(x).float()
+        model = self.deployed()
+        set_bn_training(model, False)
+        return model(x).float()
+
     # -- cloud --------------------------------------------------------------------------------
     def cloud(self) -> None:
         bc = self.hparams.cloud_batch_size

@@ -33,5 +33,8 @@ class Source(TestTimeMethod):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.ctx.amp):
             return self.model(x).float()
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapt(x)
+
     def reset(self) -> None:
         """Nothing to undo: the source model never changes."""

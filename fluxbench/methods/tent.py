@@ -64,6 +64,12 @@ class Tent(TestTimeMethod):
             logits = self.forward_and_adapt(x)
         return logits
 
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """The current model, batch statistics included (BN keeps no running statistics), without an update."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.ctx.amp):
+            return self.model(x).float()
+
     def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.ctx.amp):
             logits = self.model(x)

@@ -39,6 +39,12 @@ class TestTimeMethod(Method):
         model.zero_grad(set_to_none=True)  # whatever built it, adaptation starts from no gradient
         return model
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """The current model's logits for ``x`` without adapting on it: what realistic online evaluation scores on
+        the batches that arrive while the method is still busy adapting (``protocol.online_eval=realistic``)."""
+        raise ConfigError(f"method {self.name!r} has no inference without adaptation (infer), which "
+                          "protocol.online_eval=realistic needs")
+
     def snapshot(self, *parts: nn.Module | torch.optim.Optimizer) -> None:
         """Remember the state of ``parts`` (modules and optimizers) so that :meth:`reset` can restore it."""
         self._parts = parts

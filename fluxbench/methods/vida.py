@@ -139,6 +139,11 @@ class ViDA(TestTimeMethod):
             self.stochastic_restore()
         return teacher_logits
 
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits, as ``adapt`` returns them, without a student step or a teacher update."""
+        return self.teacher(x).float()
+
     def consistency(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         soft_ce = -(teacher.softmax(1) * student.log_softmax(1)).sum(1)
         if self.hparams.loss == "soft_ce":

@@ -30,6 +30,7 @@ import torch
 from fluxbench.methods import Method, MethodContext
 from fluxbench.protocols.parent import ProtocolCall, run_protocol, run_seeds, seeds_of, seeds_result
 from fluxbench.protocols.preflight import preflight
+from fluxbench.protocols.realistic_online import RealisticClock, realistic_options, relative_speed
 from fluxbench.protocols.setup import method_context, resolve_device
 from fluxbench.protocols.summary import format_table
 from fluxbench.protocols.tta_data import domains_fingerprint, load_domains, seed_stream, tta_options, unlabeled_batches
@@ -38,13 +39,15 @@ from fluxbench.tracking import Tracker, config_hash
 from fluxbench.tracking.layout import FINGERPRINT_TAG, SETTING_TAG
 
 
-def adapt_experience(method: Method, exp: Experience, batch_size: int, device: Any) -> np.ndarray:
-    """One experience of the online loop: whether each test sample was predicted right."""
+def adapt_experience(method: Method, exp: Experience, batch_size: int, device: Any,
+                     clock: RealisticClock | None = None) -> np.ndarray:
+    """One experience of the online loop: whether each test sample was predicted right. With a ``clock``
+    (realistic online evaluation), the batches the method is too slow for are predicted by ``method.infer``."""
     if exp.metadata.get("reset_before"):
         method.reset()
     correct = np.zeros(len(exp.test), dtype=bool)
     for x, labels, rows in unlabeled_batches(exp.test, batch_size, device):
-        logits = method.adapt(x)
+        logits = method.adapt(x) if clock is None or clock.adapts() else method.infer(x)
         correct[rows] = logits.argmax(1).cpu().numpy() == labels
     return correct
 
@@ -94,7 +97,12 @@ def tta_metrics(stream: list[Experience], hits: list[np.ndarray]) -> dict[str, f
 
 
 class TestTimeLoop:
-    """Online TTA seeds over prebuilt corrupted domains; the result is the error per domain."""
+    """Online TTA seeds over prebuilt corrupted domains; the result is the error per domain.
+
+    With ``protocol.online_eval=realistic`` a seed makes two passes over its stream: the offline one (every batch
+    adapted; its errors logged as ``offline_*``), then, after ``method.reset()``, the realistic one
+    (:mod:`fluxbench.protocols.realistic_online`), whose errors are the run's ``mean_error`` and ``error.*``.
+    """
 
     resumable = False
 
@@ -102,11 +110,18 @@ class TestTimeLoop:
         self.cfg, self.domains, self.num_classes = cfg, domains, num_classes
         self.fingerprint = domains_fingerprint(domains)
         self.batch_size = int(cfg["protocol"]["batch_size"])
+        self.realistic = realistic_options(cfg)
         self.built: dict[str, str] = {}  # the source models a method built, by name -> "kind:recipe hash"
         self._length = len(self.stream(seeds_of(cfg)[0]))
+        self.clock: RealisticClock | None = None
+        self.speed: dict[str, float] = {}
+
+    @property
+    def passes(self) -> int:
+        return 2 if self.realistic["mode"] == "realistic" else 1
 
     def num_experiences(self) -> int:
-        return self._length
+        return self._length * self.passes
 
     def stream(self, seed: int) -> list[Experience]:
         return seed_stream(self.cfg, self.domains, self.num_classes, seed)
@@ -130,22 +145,46 @@ class TestTimeLoop:
         return dict(self.built)
 
     def begin(self, stream: list[Experience]) -> dict[str, Any]:
+        self.clock, self.speed = None, {}
         return {"hits": []}
 
     def experience(self, method: Method, stream: list[Experience], i: int, partial: dict[str, Any],
                    device: torch.device) -> dict[str, float]:
-        correct = adapt_experience(method, stream[i], self.batch_size, device)
+        T = len(stream)
+        if i == T:  # the realistic pass starts from the method as it was built
+            method.reset()
+            self.clock = RealisticClock(self._relative_speed(method, stream, device))
+        correct = adapt_experience(method, stream[i % T], self.batch_size, device, self.clock)
         partial["hits"].append(correct)
         return {"error": 1.0 - float(correct.mean())}
 
+    def _relative_speed(self, method: Method, stream: list[Experience], device: torch.device) -> int:
+        given = self.realistic["relative_speed"]
+        if given is not None:
+            self.speed = {"relative_speed": float(given)}
+            return given
+        x, _, _ = next(unlabeled_batches(stream[0].test, self.batch_size, device))
+        # the stream's pace is the method's own source model's (ViDA's is the ViT one on digits-C)
+        source = method.ctx.build_source_model(getattr(method.hparams, "source_model", "default")).to(device)
+        k, cost, base = relative_speed(method, source, x, self.realistic["measure"])
+        unit = "flops" if self.realistic["measure"] == "flops" else "seconds"
+        self.speed = {"relative_speed": float(k), f"adapt_{unit}_per_batch": cost, f"source_{unit}_per_batch": base}
+        return k
+
     def result(self, stream: list[Experience], partial: dict[str, Any]) -> tuple[dict[str, float], None, None]:
-        return tta_metrics(stream, partial["hits"]), None, None
+        hits, T = partial["hits"], len(stream)
+        if self.passes == 1:
+            return tta_metrics(stream, hits), None, None
+        metrics = tta_metrics(stream, hits[T:])
+        metrics |= {f"offline_{k}": v for k, v in tta_metrics(stream, hits[:T]).items()}
+        metrics |= self.speed | {"adapted_fraction": self.clock.adapted / max(1, self.clock.batches)}
+        return metrics, None, None
 
 
 def summary_table(label: str, agg: Mapping[str, Mapping[str, float]]) -> str:
     """Mean error, then the error of every domain, in percent (mean ± std over seeds)."""
-    headline = [m for m in ("mean_error", "mean_error_at_5") if m in agg]
-    extra = [m for m in ("uploads", "upload_fraction") if m in agg]
+    headline = [m for m in ("mean_error", "offline_mean_error", "mean_error_at_5") if m in agg]
+    extra = [m for m in ("uploads", "upload_fraction", "relative_speed", "adapted_fraction") if m in agg]
     domains = {name.removeprefix("error."): {"error": stats}
                for name, stats in agg.items() if name.startswith("error.")}
     text = format_table({label: agg}, headline) + "\n\n" + format_table(domains, ["error"])

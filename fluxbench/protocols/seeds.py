@@ -134,7 +134,7 @@ def _run(cfg: Mapping[str, Any], seed: int, key: str, loop: SeedLoop, tracker: T
         start, partial, elapsed = _restore(ckpt.load() if run.resumed else None, method, loop, stream, resumable)
         progress(start)
         began = time.perf_counter() - elapsed
-        for i in range(start, len(stream)):
+        for i in range(start, loop.num_experiences()):  # a loop may make more than one pass over its stream
             tracker.log_metrics(run, loop.experience(method, stream, i, partial, ctx.device), step=i)
             if resumable:
                 ckpt.save({"method": method.state_dict(), "rng": rng.capture(), "next": i + 1, "partial": partial,
