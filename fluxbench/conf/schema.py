@@ -77,12 +77,22 @@ class OnlineTTASchema:
     relative_speed: int | None = None
 
 
+@dataclass
+class PreferenceSchema:
+    name: str = "preference"
+    num_seeds: int = 1
+    prefs_per_task: int = 10
+    preference_seed: int = 0
+    sweep_points: int = 11
+
+
 SCHEMAS = {
     (None, "root_schema"): RootSchema,
     ("tracking", "tracking_schema"): TrackingSchema,
     ("protocol", "conventional_schema"): ConventionalSchema,
     ("protocol", "two_phase_schema"): TwoPhaseSchema,
     ("protocol", "online_tta_schema"): OnlineTTASchema,
+    ("protocol", "preference_schema"): PreferenceSchema,
 }
 
 

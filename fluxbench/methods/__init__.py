@@ -6,6 +6,7 @@ from fluxbench.methods import (  # noqa: F401
     cema,
     finetune,
     hft,
+    ibcl,
     joint,
     lae,
     migu,

@@ -11,6 +11,7 @@ from fluxbench.errors import ConfigError
 PROTOCOLS = {
     "conventional": "fluxbench.protocols.conventional",
     "online_tta": "fluxbench.protocols.online_tta",
+    "preference": "fluxbench.protocols.preference",
     "two_phase": "fluxbench.protocols.two_phase",
 }
 

@@ -42,7 +42,8 @@ def check_writable_dir(path: str | Path, key: str) -> None:
 
 # integer settings outside the method node, with their least value; a protocol checks the ones it has
 INTEGER_KEYS = {"seed": 0, "protocol.num_seeds": 1, "protocol.tuning_seeds": 1, "protocol.n_trials": 1,
-                "protocol.n_jobs": 1, "protocol.sampler_seed": 0, "protocol.batch_size": 1}
+                "protocol.n_jobs": 1, "protocol.sampler_seed": 0, "protocol.batch_size": 1,
+                "protocol.prefs_per_task": 1, "protocol.preference_seed": 0, "protocol.sweep_points": 2}
 
 
 def check_integer_settings(cfg: Mapping[str, Any]) -> None:

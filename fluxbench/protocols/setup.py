@@ -15,6 +15,7 @@ from fluxbench.benchmarks import DataSplit, load_dataset
 from fluxbench.errors import ConfigError
 from fluxbench.methods import MethodContext
 from fluxbench.protocols.rng import seed_everything  # noqa: F401  (re-exported for tests and scripts)
+from fluxbench.streams.binary_pairs import pairs_order
 from fluxbench.streams.class_incremental import ClassIncrementalScenario, class_incremental_stream, class_order
 from fluxbench.streams.experience import Experience
 from fluxbench.streams.manifest import read_manifest
@@ -35,6 +36,9 @@ def load_split(cfg: Mapping[str, Any], role: str) -> DataSplit:
 
 def scenario_of(cfg: Mapping[str, Any]) -> ClassIncrementalScenario:
     stream = cfg["stream"]
+    pairs = cfg["benchmark"].get("class_pairs")
+    if pairs:  # a binary task stream: one pair of classes per experience
+        return ClassIncrementalScenario(2, 0, len(pairs))
     scenario = ClassIncrementalScenario.parse(stream["scenario"], stream.get("num_experiences"))
     if stream.get("classes_per_exp") is not None:
         scenario = ClassIncrementalScenario(int(stream["classes_per_exp"]), 0, scenario.num_experiences)
@@ -57,6 +61,9 @@ def build_stream(cfg: Mapping[str, Any], split: DataSplit, seed: int, dataset_na
         sizes = [len(e["classes"]) for e in manifest["experiences"]]
         scenario = ClassIncrementalScenario(max(sizes[1:] or sizes), sizes[0], len(sizes))
         order = [int(c) for c in manifest["class_order"]]
+    elif cfg["benchmark"].get("class_pairs"):
+        scenario = scenario_of(cfg)
+        order = pairs_order(cfg["benchmark"]["class_pairs"], split.num_classes)
     else:
         scenario = scenario_of(cfg)
         order_seed = stream.get("class_order_seed")

@@ -40,8 +40,10 @@ CONFIG_ARTIFACT = "config.yaml"  # the resolved config
 SUMMARY_ARTIFACT = "summary.json"  # the parent's aggregate over seeds (and, two_phase, the selection)
 MATRIX_ARTIFACT = "accuracy_matrix.csv"  # R[i, j] of a class-incremental seed run
 MANIFEST_ARTIFACT = "stream_manifest.json"  # the exact stream of a seed run
+PREFERENCES_ARTIFACT = "preferences.json"  # protocol=preference: the preferences asked after each task (parent run)
+PREFERENCE_ACCURACIES_ARTIFACT = "preference_accuracies.json"  # every sampled model's per-task accuracy (seed run)
 FAILURE_ARTIFACT = "failure.txt"  # the traceback of a run that failed on a bug (not a user error)
 
 # -- metrics -------------------------------------------------------------------------------
-# per-experience curves logged with ``step`` (not results of the run): accuracy, error, acc_exp<j>
-STEP_METRIC_PATTERN = r"^(accuracy|error|acc_exp\d+)$"
+# per-experience curves logged with ``step`` (not results of the run): accuracy, error, acc_exp<j>, step.<name>
+STEP_METRIC_PATTERN = r"^(accuracy|error|acc_exp\d+|step\..+)$"
