@@ -67,6 +67,8 @@ def run_protocol(cfg: Mapping[str, Any], tracker: Tracker, call: ProtocolCall,
     with tracker.exclusive(call.key, f"{call.protocol} for {call.label}"):
         done = tracker.finished(call.key)
         if done is not None:
+            if preset_tags(cfg):  # a preset run as plain `fluxbench run` first: it is still that preset's result
+                tracker.set_tags(RunHandle(done.info.run_id), preset_tags(cfg))
             print(f"skipped: {call.protocol} for {call.label} with this exact config already finished "
                   f"(run {done.info.run_id}); change a value or the tracking experiment to run it again")
             return {"skipped": True, "run_id": done.info.run_id}

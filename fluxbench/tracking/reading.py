@@ -102,6 +102,13 @@ class StoreReader:
             if not token:
                 return out
 
+    def run(self, run_id: str) -> StoredRun:
+        """One run by id (a run a command just wrote or found)."""
+        try:
+            return _stored(self.client.get_run(run_id))
+        except Exception as err:  # MLflow's not-found and store errors alike
+            raise DataError(f"cannot read run {run_id} from {self.uri}: {first_line(err)}") from err
+
     def matrix(self, run_id: str) -> np.ndarray | None:
         """A seed run's accuracy matrix; None when missing or unreadable (that seed is unusable, not the report)."""
         with tempfile.TemporaryDirectory() as tmp:
