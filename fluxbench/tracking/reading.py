@@ -63,6 +63,20 @@ class StoredRun:
     def higher_is_better(self) -> bool:
         return self.tags.get(L.RANK_ORDER_TAG, "max") != "min"
 
+    @property
+    def preset(self) -> str | None:
+        """The conf/experiment/ preset this protocol run reproduces (None for other runs)."""
+        return self.tags.get(L.PRESET_TAG) or None
+
+    @property
+    def published(self) -> dict[str, Any]:
+        """The preset's figure as the run recorded it: metric, published (%), tolerance, source, also."""
+        text = self.tags.get(L.REPRODUCE_TAG)
+        try:
+            return json.loads(text) if text else {}
+        except json.JSONDecodeError:
+            return {}  # a hand-edited tag must not cost the report
+
     def tag(self, name: str, default: str = "?") -> str:
         return self.tags.get(name, default)
 
