@@ -1,4 +1,4 @@
-"""``fluxbench run ...`` (Hydra), ``fluxbench report``, ``fluxbench methods``.
+"""``fluxbench run ...`` (Hydra), ``fluxbench reproduce``, ``fluxbench report``, ``fluxbench methods``.
 
 User errors (:class:`~fluxbench.errors.FluxbenchError`) print one line and exit with status 2.
 """
@@ -10,15 +10,17 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from fluxbench.errors import ConfigError, FluxbenchError
 from fluxbench.protocols.interrupts import Interrupted, exit_status
 from fluxbench.protocols.interrupts import install as install_interrupt_handlers
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-USAGE = """usage: fluxbench run [-m] [key=value ...]   train and evaluate (Hydra overrides; -m sweeps)
-       fluxbench methods [pattern]          list registered methods, defaults and search spaces
-       fluxbench report [options]           build the leaderboard from MLflow (see fluxbench report -h)"""
+USAGE = """usage: fluxbench run [-m] [key=value ...]          train and evaluate (Hydra overrides; -m sweeps)
+       fluxbench reproduce [name [key=value ...]]  run a published configuration (conf/experiment/); no name: list
+       fluxbench methods [pattern]                 list registered methods, defaults and search spaces
+       fluxbench report [options]                  build the leaderboard from MLflow (see fluxbench report -h)"""
 
 
 def fail(message: str) -> None:
@@ -93,7 +95,8 @@ def prepare_store(overrides: list[str]) -> None:
     Tracker(tracking.uri, tracking.experiment)
 
 
-def run_command(args: list[str]) -> None:
+def run_command(args: list[str]) -> dict[str, Any] | None:
+    """``fluxbench run``; returns the protocol's result and the resolved config (a single run; None for -m)."""
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
@@ -107,6 +110,8 @@ def run_command(args: list[str]) -> None:
     else:
         check_composes(args)
 
+    outcome: dict[str, Any] = {}
+
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
         from fluxbench.methods.registry import validate_hyperparameters
@@ -117,7 +122,7 @@ def run_command(args: list[str]) -> None:
             resolved = OmegaConf.to_container(cfg, resolve=True)
             validate_hyperparameters(resolved["method"])  # before touching the store
             tracker = Tracker(resolved["tracking"]["uri"], resolved["tracking"]["experiment"])
-            get_protocol(resolved["protocol"]["name"])(resolved, tracker)
+            outcome.update(cfg=resolved, result=get_protocol(resolved["protocol"]["name"])(resolved, tracker))
         except FluxbenchError as err:
             fail(str(err))
         except Interrupted as err:
@@ -127,6 +132,7 @@ def run_command(args: list[str]) -> None:
 
     sys.argv = [sys.argv[0], *args]
     _main()
+    return outcome or None
 
 
 def methods_command(args: list[str]) -> None:
@@ -164,6 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if command == "run":
             run_command(rest)
+        elif command == "reproduce":
+            from fluxbench.reproduce import reproduce_command
+
+            reproduce_command(rest, run_command)
         elif command == "methods":
             methods_command(rest)
         elif command == "report":

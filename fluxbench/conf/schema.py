@@ -27,6 +27,20 @@ class StreamSchema:
 
 
 @dataclass
+class ReproduceSchema:
+    """A preset's published figure (conf/experiment/): ``published`` and ``tolerance`` in percent, as papers print
+    them (the protocol's metrics are fractions); ``published: null`` with ``note`` saying why there is none."""
+
+    name: str = MISSING
+    metric: str = MISSING  # a metric the protocol aggregates over seeds (the parent logs ``<metric>_mean``)
+    published: float | None = None
+    tolerance: float | None = None  # |measured - published| within this many points counts as reproduced
+    source: str = ""  # where the figure comes from (spec section, README, log)
+    note: str = ""  # why published is null, or what the setting still lacks
+    also: dict[str, float] = field(default_factory=dict)  # further published metrics of the same row
+
+
+@dataclass
 class RootSchema:
     protocol: Any = MISSING
     method: Any = MISSING
@@ -39,6 +53,7 @@ class RootSchema:
     data_root: str = "data"
     progress: bool = True
     stream: StreamSchema = field(default_factory=StreamSchema)
+    reproduce: ReproduceSchema | None = None  # set by the presets in conf/experiment/ (fluxbench reproduce)
 
 
 @dataclass

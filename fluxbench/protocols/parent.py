@@ -13,6 +13,7 @@ the metric that ranks it) and a *body* that runs its seeds, trials or phases und
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,15 @@ class ParentResult:
     returned: dict[str, Any] = field(default_factory=dict)
 
 
+def preset_tags(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """The preset a run reproduces and its published figure, kept on the parent so a report needs only the store."""
+    figure = cfg.get("reproduce")
+    if not figure:
+        return {}
+    keep = ("metric", "published", "tolerance", "source", "also")
+    return {L.PRESET_TAG: figure["name"], L.REPRODUCE_TAG: json.dumps({k: figure.get(k) for k in keep})}
+
+
 def seeds_of(cfg: Mapping[str, Any], key: str = "num_seeds") -> list[int]:
     """``seed, seed + 1, ...``: ``protocol.<key>`` of them."""
     return [int(cfg["seed"]) + k for k in range(int(cfg["protocol"][key]))]
@@ -57,12 +67,14 @@ def run_protocol(cfg: Mapping[str, Any], tracker: Tracker, call: ProtocolCall,
     with tracker.exclusive(call.key, f"{call.protocol} for {call.label}"):
         done = tracker.finished(call.key)
         if done is not None:
+            if preset_tags(cfg):  # a preset run as plain `fluxbench run` first: it is still that preset's result
+                tracker.set_tags(RunHandle(done.info.run_id), preset_tags(cfg))
             print(f"skipped: {call.protocol} for {call.label} with this exact config already finished "
                   f"(run {done.info.run_id}); change a value or the tracking experiment to run it again")
             return {"skipped": True, "run_id": done.info.run_id}
         tags = {L.PROTOCOL_TAG: call.protocol, L.METHOD_TAG: cfg["method"]["name"],
                 L.BENCHMARK_TAG: cfg["benchmark"]["name"], L.RANK_TAG: call.rank_metric,
-                L.RANK_ORDER_TAG: call.rank_order, **call.tags}
+                L.RANK_ORDER_TAG: call.rank_order, **preset_tags(cfg), **call.tags}
         parent = tracker.start(f"{call.protocol}: {call.label}", call.key, L.KIND_PROTOCOL, tags=tags)
         with tracker.failing_on_error(parent):
             if parent.resumed:

@@ -12,6 +12,7 @@ from fluxbench.errors import DataError
 from fluxbench.reports import html, markdown
 from fluxbench.reports.collect import Collected, collect
 from fluxbench.reports.format import cell, used_sentence
+from fluxbench.reports.reproduction import points, reproduction_table
 from fluxbench.reports.tables import GROUP, label, leaderboard, seed_metrics, two_phase_table
 
 
@@ -21,6 +22,7 @@ class Report:
     board: pd.DataFrame
     two_phase: pd.DataFrame
     generated: str
+    reproduction: pd.DataFrame  # runs of conf/experiment/ presets against their published figures
 
     @property
     def title(self) -> str:
@@ -39,21 +41,26 @@ class Report:
 def build(uri: str, experiment: str) -> Report:
     """Everything a report shows, from the MLflow store alone."""
     collected = collect(uri, experiment)
-    board = leaderboard(collected.parents, seed_metrics(collected.seeds))
+    per_seed = seed_metrics(collected.seeds)
+    board = leaderboard(collected.parents, per_seed)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return Report(collected, board, two_phase_table(board, collected.parents), generated)
+    return Report(collected, board, two_phase_table(board, collected.parents), generated,
+                  reproduction_table(collected.parents, per_seed))
 
 
 def write(report: Report, out: Path) -> list[Path]:
-    """Write the three files (and ``two_phase.csv`` when there are two-phase runs) into ``out``."""
+    """Write the three files (and ``two_phase.csv`` / ``reproduction.csv`` when there are such runs) into ``out``."""
     files = {
-        "leaderboard.md": markdown.render(report.title, report.source, report.used, report.board, report.two_phase),
+        "leaderboard.md": markdown.render(report.title, report.source, report.used, report.board, report.two_phase,
+                                          report.reproduction),
         "leaderboard.csv": report.board.to_csv(index=False),
         "index.html": html.render(report.title, report.source, report.used, report.board, report.collected.seeds,
-                                  report.two_phase),
+                                  report.two_phase, report.reproduction),
     }
     if not report.two_phase.empty:
         files["two_phase.csv"] = report.two_phase.to_csv(index=False)
+    if not report.reproduction.empty:
+        files["reproduction.csv"] = report.reproduction.to_csv(index=False)
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
@@ -73,4 +80,7 @@ def summary_lines(report: Report) -> list[str]:
     for _, r in report.two_phase.iterrows():
         lines.append(f"two-phase {r['benchmark']}: {r['method']} conventional rank {r['rank_conventional']} -> "
                      f"two-phase rank {r['rank_two_phase']}, gap {100 * r['gap']:+.2f} points")
+    for _, r in report.reproduction.iterrows():
+        lines.append(f"reproduce {r['preset']}: {r['metric']} measured {points(r['measured'])}, published "
+                     f"{points(r['published'])}, difference {points(r['difference'], True)}")
     return lines + [report.used]

@@ -19,7 +19,8 @@ from fluxbench.tracking.reading import FINISHED, HINT, StoredRun, StoreReader
 
 _PARENT_TAGS = {"method": L.METHOD_TAG, "benchmark": L.BENCHMARK_TAG, "protocol": L.PROTOCOL_TAG,
                 "config_hash": L.HASH_TAG, "git_commit": L.GIT_TAG}
-PARENT_COLUMNS = ["run_id", *_PARENT_TAGS, "rank_metric", "higher_is_better", "start_time", "metrics"]
+PARENT_COLUMNS = ["run_id", *_PARENT_TAGS, "rank_metric", "higher_is_better", "start_time", "metrics", "preset",
+                  "published"]
 SEED_COLUMNS = ["run_id", "parent_id", "seed", "metrics", "sizes", "matrix"]
 
 
@@ -29,7 +30,8 @@ class Collected:
 
     ``parents``: one row per finished protocol run (index ``run_id``; columns method, benchmark, protocol,
     config_hash, git_commit, rank_metric and higher_is_better (what the protocol said ranks it), start_time,
-    metrics: a dict of the parent's logged metrics).
+    metrics: a dict of the parent's logged metrics; preset and published: the conf/experiment/ preset it
+    reproduces and that preset's figure, or None and {}).
     ``seeds``: one row per finished evaluation seed run of those parents (run_id, parent_id, seed,
     metrics: dict of logged metrics, sizes: test size per experience or None, matrix: R or None).
     ``skipped``: protocol runs left out, by status; ``skipped_seeds``: seed runs left out, by reason.
@@ -46,7 +48,8 @@ class Collected:
 def parent_frame(runs: list[StoredRun]) -> pd.DataFrame:
     records = [{"run_id": r.run_id, **{k: r.tag(t) for k, t in _PARENT_TAGS.items()},
                 "rank_metric": r.rank_metric, "higher_is_better": r.higher_is_better,
-                "start_time": pd.Timestamp(r.start_time, unit="ms", tz="UTC"), "metrics": r.metrics} for r in runs]
+                "start_time": pd.Timestamp(r.start_time, unit="ms", tz="UTC"), "metrics": r.metrics,
+                "preset": r.preset, "published": r.published} for r in runs]
     return pd.DataFrame.from_records(records, columns=PARENT_COLUMNS).set_index("run_id", drop=False)
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 
 from fluxbench.reports import plots
 from fluxbench.reports.format import LEGEND, headline, number, parts
+from fluxbench.reports.reproduction import points, verdict
 from fluxbench.reports.tables import GROUP, compute_columns, diverged_note, label
 
 CSS = """
@@ -37,7 +38,7 @@ th{font-size:12.5px;color:var(--muted);font-weight:600;text-align:right;
 padding:8px 10px;border-bottom:2px solid var(--line);white-space:nowrap}
 td{padding:8px 10px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 table.leaderboard :is(th,td):nth-child(-n+2),table.two-phase :is(th,td):first-child,
-table.runs :is(th,td){text-align:left}
+table.runs :is(th,td),table.reproduction :is(th,td):nth-child(-n+2){text-align:left}
 td{vertical-align:top}
 tbody tr:hover{background:#f9fafb}
 td.method{font-weight:600}
@@ -152,6 +153,23 @@ def two_phase_section(tp: pd.DataFrame, palette: dict[str, str]) -> str:
             "hyperparameters on different data. Gap = conventional − two-phase.</p>" + "".join(blocks) + "</section>")
 
 
+def reproduction_section(rep: pd.DataFrame) -> str:
+    rows = []
+    for _, r in rep.iterrows():
+        mark = verdict(r)
+        css = {"yes": ' class="up"', "no": ' class="down"'}.get(mark, "")
+        rows.append(f"<tr><td>{escape(r['preset'])}</td><td>{escape(r['metric'])}</td><td>{points(r['measured'])}</td>"
+                    f"<td>{points(r['published'])}</td><td>{points(r['difference'], True)}</td>"
+                    f"<td>{points(r['tolerance'])}</td><td{css}>{mark}</td><td>{r['seeds']}</td>"
+                    f"<td>{escape(r['source'] or '-')}</td><td><code>{escape(str(r['run_id'])[:12])}</code></td></tr>")
+    return ('<section class="card" id="reproduction"><h2>Reproduction</h2><p class="sub">Runs of '
+            "<code>fluxbench reproduce</code> presets: measured (mean over seeds, %) against the figure the preset "
+            "carried when it ran; difference = measured − published; within = |difference| ≤ tolerance.</p>"
+            '<div class="scroll"><table class="reproduction"><thead><tr><th>preset</th><th>metric</th>'
+            "<th>measured</th><th>published</th><th>difference</th><th>tolerance</th><th>within</th><th>seeds</th>"
+            f'<th>source</th><th>run</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div></section>')
+
+
 def runs_section(board: pd.DataFrame, used: str) -> str:
     rows = "".join(
         f"<tr><td>{escape(r['benchmark'])}</td><td>{escape(r['protocol'])}</td><td>{escape(r['method'])}</td>"
@@ -164,17 +182,22 @@ def runs_section(board: pd.DataFrame, used: str) -> str:
             f"<th>git commit</th></tr></thead><tbody>{rows}</tbody></table></div></section>")
 
 
-def render(title: str, source: str, used: str, board: pd.DataFrame, seeds: pd.DataFrame, tp: pd.DataFrame) -> str:
+def render(title: str, source: str, used: str, board: pd.DataFrame, seeds: pd.DataFrame, tp: pd.DataFrame,
+           rep: pd.DataFrame | None = None) -> str:
     """The whole page as one string."""
     palette = plots.colors(board["method"])
     groups = list(board.groupby(GROUP, sort=True))
     links = [f'<a href="#{slug(*key)}">{escape(key[0])} · {escape(key[1])}</a>' for key, _ in groups]
     if not tp.empty:
         links.append('<a href="#two-phase">conventional vs two-phase</a>')
+    if rep is not None and not rep.empty:
+        links.append('<a href="#reproduction">reproduction</a>')
     links.append('<a href="#runs">runs used</a>')
     sections = [group_section(key, g, seeds, palette) for key, g in groups]
     if not tp.empty:
         sections.append(two_phase_section(tp, palette))
+    if rep is not None and not rep.empty:
+        sections.append(reproduction_section(rep))
     sections.append(runs_section(board, used))
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from fluxbench.reports.format import LEGEND, cell, headline, number
+from fluxbench.reports.reproduction import points, verdict
 from fluxbench.reports.tables import GROUP, diverged_note, domain_columns, label
 
 
@@ -47,6 +48,17 @@ def two_phase_section(tp: pd.DataFrame) -> list[str]:
     return out
 
 
+def reproduction_section(rep: pd.DataFrame) -> list[str]:
+    rows = [[r["preset"], r["metric"], points(r["measured"]), points(r["published"]), points(r["difference"], True),
+             points(r["tolerance"]), verdict(r), str(r["seeds"]), r["source"] or "-", str(r["run_id"])[:12]]
+            for _, r in rep.iterrows()]
+    return ["## Reproduction", "",
+            "Runs of `fluxbench reproduce` presets: measured (mean over seeds, %) against the figure the preset "
+            "carried when it ran; difference = measured - published; within = |difference| <= tolerance.", "",
+            table(["preset", "metric", "measured", "published", "difference", "tolerance", "within", "seeds",
+                   "source", "run"], rows, text_columns=2), ""]
+
+
 def runs_section(board: pd.DataFrame) -> str:
     rows = [[r["benchmark"], r["protocol"], r["method"], r["config_hash"], r["run_id"], r["seed_list"],
              str(r["configs"]), str(r["git_commit"])[:10]] for _, r in board.iterrows()]
@@ -54,7 +66,8 @@ def runs_section(board: pd.DataFrame) -> str:
                  text_columns=8)
 
 
-def render(title: str, source: str, used: str, board: pd.DataFrame, tp: pd.DataFrame) -> str:
+def render(title: str, source: str, used: str, board: pd.DataFrame, tp: pd.DataFrame,
+           rep: pd.DataFrame | None = None) -> str:
     out = [f"# {title}", "", source, "", LEGEND + ".", ""]
     for (benchmark, protocol), g in board.groupby(GROUP, sort=True):
         out += [f"## {benchmark} · {protocol} (ranked by {label(g['ranked_by'].iloc[0])})", "",
@@ -66,5 +79,7 @@ def render(title: str, source: str, used: str, board: pd.DataFrame, tp: pd.DataF
                 "Conventional: the best phase-1 mean (tuned and scored on the same scenario). Two-phase: phase 2 "
                 "with the chosen hyperparameters on the evaluation scenario. Gap = conventional - two-phase.", "",
                 *two_phase_section(tp)]
+    if rep is not None and not rep.empty:
+        out += reproduction_section(rep)
     out += ["## Runs used", "", used, "", runs_section(board), ""]
     return "\n".join(out)

@@ -30,6 +30,8 @@ TRIAL_TAG = "trial"
 GIT_TAG = "git_commit"
 FINGERPRINT_TAG = "data_fingerprint.{role}"  # .format(role="tuning" | "evaluation")
 SELECTED_TAG = "selected.{name}"  # two_phase: a selected hyperparameter value
+PRESET_TAG = "fluxbench.preset"  # the conf/experiment/ preset a parent run reproduces (fluxbench reproduce)
+REPRODUCE_TAG = "fluxbench.reproduce"  # JSON: the preset's metric, published figure (%), tolerance, source
 
 # -- values --------------------------------------------------------------------------------
 KIND_PROTOCOL, KIND_TRIAL, KIND_SEED = "protocol", "trial", "seed"

@@ -36,7 +36,8 @@ from fluxbench.tracking import layout
 from fluxbench.tracking.layout import FAILURE_TAG, HASH_TAG, KIND_TAG, MATRIX_ARTIFACT, PARENT_TAG, SIZES_TAG
 from fluxbench.tracking.locks import file_lock
 
-_EXCLUDED_FROM_HASH = ("tracking", "progress")  # where results go and how they are shown
+_EXCLUDED_FROM_HASH = ("tracking", "progress", "reproduce")  # where results go, how they are shown, what they
+# are compared with (a preset's published figure)
 _PACKAGES = ("fluxbench", "torch", "torchvision", "timm", "avalanche-lib", "open_clip_torch", "mlflow", "optuna")
 _STEP_METRIC = re.compile(layout.STEP_METRIC_PATTERN)
 

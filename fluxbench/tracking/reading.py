@@ -63,6 +63,20 @@ class StoredRun:
     def higher_is_better(self) -> bool:
         return self.tags.get(L.RANK_ORDER_TAG, "max") != "min"
 
+    @property
+    def preset(self) -> str | None:
+        """The conf/experiment/ preset this protocol run reproduces (None for other runs)."""
+        return self.tags.get(L.PRESET_TAG) or None
+
+    @property
+    def published(self) -> dict[str, Any]:
+        """The preset's figure as the run recorded it: metric, published (%), tolerance, source, also."""
+        text = self.tags.get(L.REPRODUCE_TAG)
+        try:
+            return json.loads(text) if text else {}
+        except json.JSONDecodeError:
+            return {}  # a hand-edited tag must not cost the report
+
     def tag(self, name: str, default: str = "?") -> str:
         return self.tags.get(name, default)
 
@@ -101,6 +115,13 @@ class StoreReader:
             token = page.token
             if not token:
                 return out
+
+    def run(self, run_id: str) -> StoredRun:
+        """One run by id (a run a command just wrote or found)."""
+        try:
+            return _stored(self.client.get_run(run_id))
+        except Exception as err:  # MLflow's not-found and store errors alike
+            raise DataError(f"cannot read run {run_id} from {self.uri}: {first_line(err)}") from err
 
     def matrix(self, run_id: str) -> np.ndarray | None:
         """A seed run's accuracy matrix; None when missing or unreadable (that seed is unusable, not the report)."""
