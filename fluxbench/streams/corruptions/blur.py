@@ -5,11 +5,12 @@ Ported from hendrycks/robustness ``make_imagenet_c.py`` / ``make_cifar_c.py``. D
 - motion blur: the original calls ImageMagick's ``MotionBlurImage``; like the
   ``imagecorruptions`` package (1.1.2) we use its one-sided Gaussian line kernel instead
   (see :func:`.ops.motion_kernels`), applied by FFT with one random angle per image.
-- glass blur: the original swaps pixels one at a time, scanning from the bottom-right
-  (a sequential chain that numba compiles in imagecorruptions). Here every pixel of the
-  same region takes the pixel at a random offset drawn from the same range
-  (``randint(-delta, delta)`` in each axis), all at once, once per iteration. The effect
-  (local scrambling between two Gaussian blurs) is the same; the pixels are not.
+- glass blur: the original swaps pixels one at a time, scanning from the bottom-right, so a
+  pixel can be carried further by later swaps (a chain). That chain is kept: the swaps run in
+  the original order on an index map shared by every image of the batch's position (one
+  vectorised step per pixel position, all images at once), then one gather moves the pixels.
+  Only the random offsets differ (drawn from the generator, same range ``randint(-delta,
+  delta)``). An earlier all-at-once shuffle was about 11% weaker at 224 px (MAD ratio 0.86-0.93).
 """
 
 from __future__ import annotations
@@ -55,17 +56,29 @@ def defocus_blur(x: torch.Tensor, severity: int, generator: torch.Generator, par
 
 
 def _local_shuffle(x: torch.Tensor, delta: int, generator: torch.Generator) -> torch.Tensor:
-    """Every pixel with ``delta < h, w <= size - delta`` takes the pixel at a random offset in ``[-delta, delta)``."""
+    """The generators' swap chain: for ``h`` then ``w`` from ``size - delta`` down to ``delta + 1``, swap pixel
+    ``(h, w)`` with ``(h + dy, w + dx)``, ``dx, dy`` in ``[-delta, delta)``; per image, in that order."""
     b, c, h, w = x.shape
-    rows = torch.arange(delta + 1, h - delta + 1, device=x.device)
-    cols = torch.arange(delta + 1, w - delta + 1, device=x.device)
-    if len(rows) == 0 or len(cols) == 0:
+    rows, cols = range(h - delta, delta, -1), range(w - delta, delta, -1)
+    if not rows or not cols:
         return x
-    offsets = torch.randint(-delta, delta, (2, b, len(rows), len(cols)), generator=generator, device=x.device)
-    source = (rows[:, None] + offsets[0]) * w + (cols[None, :] + offsets[1])
-    index = torch.arange(h * w, device=x.device).repeat(b, 1).view(b, h, w)
-    index[:, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = source
-    flat = x.reshape(b, c, h * w).gather(2, index.view(b, 1, h * w).expand(b, c, h * w))
+    # (dx, dy) per position, as the original draws them; the chain itself runs on the CPU in NumPy (cheap scalar
+    # steps over all images at once), only the final gather touches the pixels on their device
+    offsets = torch.randint(-delta, delta, (len(rows) * len(cols), 2, b), generator=generator,
+                            device=x.device).cpu().numpy()
+    index = np.tile(np.arange(h * w), (b, 1))
+    images = np.arange(b)
+    step = 0
+    for row in rows:
+        for col in cols:
+            here = row * w + col
+            there = (row + offsets[step, 1]) * w + (col + offsets[step, 0])
+            step += 1
+            moved = index[images, there]
+            index[images, there] = index[:, here]
+            index[:, here] = moved
+    source = torch.from_numpy(index).to(x.device)
+    flat = x.reshape(b, c, h * w).gather(2, source.view(b, 1, h * w).expand(b, c, h * w))
     return flat.view(b, c, h, w)
 
 
