@@ -94,3 +94,8 @@ def test_mos_and_lae_get_raw_pixels_on_vit_b16_by_default_and_other_methods_keep
     kept = compose_config("method=mos", "backbone=vit_b16_in21k", "backbone.mean=[0.5,0.5,0.5]")["backbone"]
     assert kept["mean"] == [0.5, 0.5, 0.5]  # the command line still wins
     assert compose_config("backbone=vit_b16_in21k_orig")["backbone"]["model"] == "vit_base_patch16_224.orig_in21k"
+
+
+def test_imagenet_c_uses_every_released_image_unless_a_subset_is_asked_for():
+    node = compose_config("protocol=online_tta", "benchmark=imagenet_c", "method=tent")["benchmark"]["evaluation"]
+    assert node["max_per_class"] is None and node["ids_file"] is None  # all 50,000 images per domain
