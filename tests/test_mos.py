@@ -106,11 +106,14 @@ def test_faithful_to_code_pulls_before_every_block_and_stored_adapters_drift():
     for exp in stream[:2]:
         method.train_experience(exp)
     originals = [dict(s) for s in method.originals]
-    # Q2: every evaluation pulls stored adapter 1 towards adapter 0, once per block
+    # Q2: every evaluation batch pulls stored adapter 1 towards adapter 0, once per block; the batches are
+    # upstream's (method.batch_size samples), whatever batch the protocol hands predict
     x, _ = seen_test(stream, 1)
     method.predict(x)
+    batches = -(-len(x) // method.hparams.batch_size)
+    assert batches > 1
     for k in originals[1]:
-        expected = originals[0][k] + shrink * (originals[1][k] - originals[0][k])
+        expected = originals[0][k] + shrink ** batches * (originals[1][k] - originals[0][k])
         assert torch.allclose(method.snapshots[1][k], expected, atol=1e-6), k
     assert states_equal(method.snapshots[0], originals[0]) and states_equal(method.originals[1], originals[1])
     # Q1: one training forward pulls the current adapter once per block
@@ -241,3 +244,14 @@ def test_search_space_is_valid_and_bad_values_are_config_errors():
         bad_cfg = compose_config("method=mos", bad)
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             create_method(bad_cfg["method"], method_context(bad_cfg, num_classes=10))
+
+
+def test_faithful_prototypes_see_the_adapters_dropout_as_upstream():
+    method, stream = make("method.faithful_to_code=true", epochs=1)
+    method.train_experience(stream[0])
+    method.model.eval()
+    for c in stream[0].new_class_range:
+        with torch.no_grad(), method.adapters.using(method.originals[0]):
+            clean = torch.cat([method.model.backbone(x) for x in class_batches(stream[0].train, c, 50, "cpu")]).mean(0)
+        gap = float((method.prototypes[c] - clean).abs().max())
+        assert 0 < gap < 0.1 * float(clean.abs().max())  # dropout noise: not the eval-mode mean, but close to it

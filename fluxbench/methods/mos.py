@@ -20,7 +20,10 @@ What differs from upstream (the spec's implementation quirks):
   ``faithful_to_code=true`` reproduces the released code: one more pull of every adapter layer before
   each block of every training forward (Q1); stored adapter j >= 1 pulled towards the mean of stored
   adapters 0..j-1 before each block whenever it runs, so it drifts over evaluations (Q2); the same
-  pulls on the current adapter while class statistics are computed (Q3).
+  pulls on the current adapter while class statistics are computed (Q3); the prototypes computed with the
+  adapters' dropout active (upstream fills them from a network left in train mode); and the drift taken per
+  evaluation batch of ``method.batch_size`` samples (upstream's test loader), so it does not depend on the
+  protocol's evaluation batch.
 - Retrieval runs a stored adapter only when some sample needs it (the same result as running all);
   in faithful mode every stored adapter runs once per batch, as upstream, because that makes it drift.
 - Classifier alignment uses ``method.weight_decay``, as the code's parameter group does.
@@ -186,9 +189,12 @@ class MOS(SupervisedMethod):
         if len(self.originals) > 1 and hp.crct_epochs > 0:
             align_classifier(self.model.head, self.gaussians, exp.num_seen_classes, hp.batch_size, hp.crct_epochs,
                              hp.ca_lr, hp.weight_decay)
+        if hp.faithful_to_code:
+            self.model.train()  # upstream's prototype pass sees the adapters' dropout
         with self.adapters.using(self.originals[0]):
             for c in new:
                 self.prototypes[c] = self._class_features(exp.train, c).mean(0)
+        self.model.eval()
         self._merge_target = self._old_means = None
 
     @torch.no_grad()
@@ -246,8 +252,11 @@ class MOS(SupervisedMethod):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Scores over the seen classes: softmax(head) + softmax(#tasks * cosine), or the head alone."""
         self.model.eval()
+        # faithful mode: the stored adapters drift once per evaluation batch, so evaluate in upstream's batches
+        step = self.hparams.batch_size if self.hparams.faithful_to_code else len(x)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.ctx.amp):
-            _, logits, cos = self.retrieve(x)
+            parts = [self.retrieve(x[i:i + step]) for i in range(0, len(x), max(1, step))]
+        logits, cos = torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
         if not self.hparams.ensemble:
             return over_all_classes(logits, self.ctx.num_classes)
         return over_all_classes(logits.softmax(1) + (len(self.snapshots) * cos).softmax(1), self.ctx.num_classes, 0.0)
