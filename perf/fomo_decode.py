@@ -92,9 +92,11 @@ def main() -> None:
         start = time.perf_counter()
         data = task_data(fresh, stream, task, "train")
         cache_s = time.perf_counter() - start
-        start = time.perf_counter()
-        task_data(fresh, stream, task, "train")  # a later epoch: the memory maps are open
-        again_s = time.perf_counter() - start
+        again_s = float("inf")
+        for _ in range(5):  # a later epoch: the memory maps are open; a few ms, so the best of five
+            start = time.perf_counter()
+            task_data(fresh, stream, task, "train")
+            again_s = min(again_s, time.perf_counter() - start)
         assert np.array_equal(data.images, np.stack(decoded)), "cache and JPEG pass disagree"
 
     n = len(files)
