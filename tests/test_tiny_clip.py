@@ -106,7 +106,7 @@ def test_zero_shot_is_well_above_chance_on_clean_digits(backbone, scores):
     assert zeroshot.classification_accuracy(backbone, plain, [PRIMER.format(w) for w in DIGIT_WORDS]) >= 0.8
 
 
-def test_zero_shot_is_lower_on_the_other_sub_domains(scores):
+def test_zero_shot_is_lower_on_the_other_sub_domains(scores, reader):
     # measured: pixelate 0.796, contrast 0.380 (evaluation-only); inverted 0.044, tinted 0.131, noise 0.825,
     # blur 0.869 (adaptation); chance is 0.1
     clean = scores["DIGITS_CLEAN"]
@@ -114,6 +114,10 @@ def test_zero_shot_is_lower_on_the_other_sub_domains(scores):
     adapt = [scores[n] for n, (role, _, _) in SUBDOMAINS.items() if role == "adapt"]
     assert max(adapt) < clean and np.mean(adapt) <= clean - 0.3
     assert scores["DIGITS_INVERTED"] <= 0.2 and scores["DIGITS_TINTED"] <= 0.3
+    means = zeroshot.role_means(reader, scores)  # A_KA(0) and A_ZS(0) of the digits FiF
+    assert means["adapt"] == pytest.approx(np.mean(adapt))
+    assert means["eval"] == pytest.approx(np.mean([scores[n] for n in ("DIGITS_CLEAN", "DIGITS_PIXELATE",
+                                                                          "DIGITS_CONTRAST")]))
 
 
 def open_clip_model(backbone) -> torch.nn.Module:
