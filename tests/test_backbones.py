@@ -155,6 +155,7 @@ def test_backbone_configs_name_real_weights_and_fail_offline_with_the_fetch_comm
         "vit_b16_in1k.yaml": "hf download timm/vit_base_patch16_224.augreg2_in21k_ft_in1k model.safetensors",
         "clip_vit_b16.yaml": "hf download timm/vit_base_patch16_clip_224.openai open_clip_model.safetensors",
         "vit_b16_in21k_orig.yaml": "hf download timm/vit_base_patch16_224.orig_in21k model.safetensors",
+        "clip_vit_b32.yaml": "hf download timm/vit_base_patch32_clip_224.openai open_clip_model.safetensors",
     }
     for name, command in expected.items():
         cfg = OmegaConf.to_container(OmegaConf.load(CONF / name))

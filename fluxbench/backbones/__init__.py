@@ -45,6 +45,13 @@ def _tiny_vit(cfg: dict, load_data: DatasetLoader | None) -> FeatureBackbone:
                            recipe={"name": "vit_digits_patch2", "recipe_hash": key})
 
 
+@register_backbone_kind("tiny_clip")
+def _tiny_clip(cfg: dict, load_data: DatasetLoader | None) -> FeatureBackbone:
+    from fluxbench.backbones.tiny_clip import build_tiny_clip
+
+    return build_tiny_clip(cfg, load_data)
+
+
 @register_backbone_kind("small_cnn")
 def _small_cnn(cfg: dict, load_data: DatasetLoader | None) -> FeatureBackbone:
     from fluxbench.backbones.small_cnn import SmallCNN
