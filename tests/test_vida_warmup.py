@@ -82,7 +82,10 @@ def test_a_released_checkpoint_loads_and_a_missing_one_is_one_line(tmp_path):
     warm, _ = build(tta_config("method=vida"))
     state = adapters(warm)
     torch.save({"state_dict": state}, tmp_path / "vida.pt")
-    save_file({k: v.contiguous() for k, v in warm.student.state_dict().items()}, str(tmp_path / "full.safetensors"))
+    model = warm.ctx.build_source_model("vit")  # a whole injected model, BatchNorm statistics included
+    inject(model, 1), inject(model, 128)
+    full = {**model.state_dict(), **state}
+    save_file({k: v.contiguous() for k, v in full.items()}, str(tmp_path / "full.safetensors"))
     for name in ("vida.pt", "full.safetensors"):
         loaded, _ = build(tta_config("method=vida", f"method.warmup_checkpoint={tmp_path / name}"))
         assert loaded.warmup_record["kind"] == "checkpoint"
