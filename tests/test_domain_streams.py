@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 
 from fluxbench.benchmarks.base import ImageDataset
 from fluxbench.benchmarks.cifar_c import read_cifar_c_domains
@@ -54,7 +55,12 @@ def test_reset_each_shift_is_continual_with_resets(clean):
         assert np.array_equal(a.test.images, b.test.images) and list(a.test.ids) == list(b.test.ids)
     several = corruption_stream(clean, "reset_each_shift", ["fog", "snow"], [5, 3], seed=1, params="cifar")
     assert [(e.metadata["corruption"], e.metadata["severity"], e.metadata["reset_before"]) for e in several] == [
-        ("fog", 5, True), ("fog", 3, False), ("snow", 5, True), ("snow", 3, False)]
+        ("fog", 5, True), ("fog", 3, True), ("snow", 5, True), ("snow", 3, True)]  # severities are shifts too
+
+
+@pytest.mark.parametrize("preset", ["cema_cifar10_c", "cema_imagenet_c"])
+def test_cema_presets_re_create_the_models_per_domain_as_published(preset):
+    assert compose_config(f"+experiment={preset}")["stream"]["setting"] == "reset_each_shift"
 
 
 def test_gradual_goes_1_to_5_to_1_per_corruption(clean):

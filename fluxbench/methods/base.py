@@ -50,6 +50,9 @@ class MethodContext:
     # test-time methods: (name="default") -> a fresh trained source classifier (images in [0, 1] -> logits,
     # on the CPU) from the benchmark's source_models; None when the benchmark defines none
     build_source_model: Any = None
+    # (name, model, params, recipe) -> record: trains ``params`` (named as in model.state_dict()) of source model
+    # ``name`` on that model's source training data, or loads a released checkpoint, cached (ViDA's adapters)
+    warm_up_source: Any = None
 
 
 class Method(nn.Module):

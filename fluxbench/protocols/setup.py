@@ -11,6 +11,7 @@ import torch
 
 from fluxbench.backbones import DatasetLoader, build_backbone
 from fluxbench.backbones.source_models import build_source_model
+from fluxbench.backbones.source_warmup import warm_up_source
 from fluxbench.benchmarks import DataSplit, load_dataset
 from fluxbench.errors import ConfigError
 from fluxbench.methods import MethodContext
@@ -81,6 +82,7 @@ def method_context(cfg: Mapping[str, Any], num_classes: int) -> MethodContext:
         device=device,
         amp=bool(cfg.get("amp", False)) and device.type == "cuda",
         build_source_model=_source_models(cfg, load_data, device),
+        warm_up_source=_source_warmup(cfg, load_data, device),
     )
 
 
@@ -96,6 +98,14 @@ def _source_models(cfg: Mapping[str, Any], load_data: DatasetLoader, device: tor
     if not models:
         return None
     return functools.partial(build_source_model, dict(models), load_data=load_data, device=device)
+
+
+def _source_warmup(cfg: Mapping[str, Any], load_data: DatasetLoader, device: torch.device):
+    """``(name, model, params, recipe) -> record`` over the benchmark's ``source_models`` (their train_on data)."""
+    models = cfg["benchmark"].get("source_models")
+    if not models:
+        return None
+    return functools.partial(warm_up_source, dict(models), load_data=load_data, device=device)
 
 
 def prepare_backbone(cfg: Mapping[str, Any]) -> None:

@@ -4,8 +4,9 @@ The settings of mariodoebler/test-time-adaptation (``classification/test_time.py
 
 - ``continual``: every corruption in the given order at the given severities (default 5),
   one experience per (corruption, severity); the model is reset only before the first.
-- ``reset_each_shift``: the same experiences; the model is reset whenever the corruption
-  changes (``metadata["reset_before"]``), so each corruption is adapted to from scratch.
+- ``reset_each_shift``: the same experiences; the model is reset whenever the domain (the
+  corruption or its severity) changes (``metadata["reset_before"]``), so each (corruption,
+  severity) is adapted to from scratch, as CEMA's and Tent's published per-domain numbers are.
 - ``gradual``: every corruption traversed at severities 1, 2, 3, 4, 5, 4, 3, 2, 1 (nine
   experiences per corruption; the next corruption starts again at 1); reset once.
 - ``mixed``: one experience holding every domain, concatenated and shuffled jointly;
@@ -138,7 +139,8 @@ def corruption_stream(
         return [_mixed(blocks, data, seed, shuffle, classes, source)]
     experiences = []
     for index, (name, severity) in enumerate(blocks):
-        shift = index == 0 or (setting == "reset_each_shift" and blocks[index - 1][0] != name)
+        # CEMA's and Tent's published numbers re-create the model per corruption *and* severity
+        shift = index == 0 or (setting == "reset_each_shift" and blocks[index - 1] != (name, severity))
         experiences.append(Experience(
             index=index, train=None, test=_shuffled(data[(name, severity)], seed, shuffle), classes=classes,
             num_seen_classes=len(classes),
