@@ -32,7 +32,6 @@ from fluxbench.methods.base import Method, MethodContext, check_finite, check_ra
 from fluxbench.streams.experience import PROMPTS_KEY, Experience
 
 
-
 @dataclass
 class ClipTuningHparams:
     lr: float = 5e-4
