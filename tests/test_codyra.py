@@ -149,3 +149,58 @@ def test_trainable_parameters_of_vit_b16_all_encoders_rank_16_are_4_43m():
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == sum(h.num_parameters() for h in handles.values()) == 4_425_984
     assert len(effective_ranks(handles)) == 144
+
+
+# the embedded CLIP stream, through protocol=mtil ----------------------------------------------------------------
+THREE = "protocol.datasets=[DIGITS_NOISE,DIGITS_INVERTED,DIGITS_TINTED]"
+
+
+def mtil_overrides(method: str, *extra: str) -> list[str]:
+    return ["protocol=mtil", f"method={method}", "benchmark=fomo_digits", "backbone=tiny_clip", THREE,
+            "protocol.test_limit=60", *extra]
+
+
+def test_mtil_kill_and_resume_gives_identical_metrics(make_config, monkeypatch, tmp_path):
+    from fluxbench.methods.codyra import CoDyRA
+    from fluxbench.protocols import mtil
+    from fluxbench.tracking import Tracker
+
+    short = ("method.iterations=6", "method.batch_size=16", "method.max_kappa=0.05", "method.lambda_num=3")
+    cfg = make_config(*mtil_overrides("codyra", *short))
+    tracker = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
+    original, trained = mtil.MtilLoop.experience, []
+
+    def crash_at_2(self, method, stream, i, partial, device):
+        if i == 2:
+            raise RuntimeError("crash before experience 2")
+        return original(self, method, stream, i, partial, device)
+
+    monkeypatch.setattr(mtil.MtilLoop, "experience", crash_at_2)
+    with pytest.raises(RuntimeError, match="crash before"):
+        mtil.run(cfg, tracker)
+    monkeypatch.undo()
+    train = CoDyRA.train_experience
+    monkeypatch.setattr(CoDyRA, "train_experience", lambda self, exp: (trained.append(exp.index), train(self, exp)))
+    resumed = mtil.run(cfg, tracker)["seeds"][0].metrics
+    assert trained == [2]  # experiences 0 and 1 came from the checkpoint
+
+    fresh_cfg = make_config(*mtil_overrides("codyra", *short), "tracking.experiment=uninterrupted",
+                            f"tracking.checkpoint_dir={tmp_path / 'other'}")
+    fresh = mtil.run(fresh_cfg, Tracker(fresh_cfg["tracking"]["uri"], "uninterrupted"))["seeds"][0].metrics
+    headline = {f"{s}_{m}" for s in ("mtil", "xtail") for m in ("transfer", "average", "last", "forgetting")}
+    keys = [k for k in fresh if k.startswith(("mtil_", "xtail_", "effective_rank", "drift"))]
+    assert headline <= set(keys) and {k: resumed[k] for k in keys} == {k: fresh[k] for k in keys}
+
+
+def test_clip_methods_refuse_other_protocols_and_the_zero_shot_row_is_constant(make_config):
+    from fluxbench.errors import ConfigError
+    from fluxbench.protocols import conventional, mtil
+    from fluxbench.tracking import Tracker
+
+    cfg = make_config("method=codyra", "backbone=tiny_clip")
+    with pytest.raises(ConfigError, match="protocol=mtil"):
+        conventional.run(cfg, Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"]))
+    cfg = make_config(*mtil_overrides("clip_zeroshot"))
+    out = mtil.run(cfg, Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"]))["seeds"][0].metrics
+    # nothing trains: every row equals the zero-shot row, so nothing is forgotten and Last equals Average
+    assert out["mtil_forgetting"] == 0.0 and out["mtil_last"] == pytest.approx(out["mtil_average"])
