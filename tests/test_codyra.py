@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -17,6 +20,7 @@ from fluxbench.peft.gated_lora import (
     prox_step,
 )
 from fluxbench.peft.split_attention import SplitAttention, split_attention
+from fluxbench.protocols.metrics import transfer_average_last
 
 SPEC_W = [-0.25, -0.15, -0.05, 0.05, 0.10, 0.15, 0.20, 0.25]
 
@@ -204,3 +208,50 @@ def test_clip_methods_refuse_other_protocols_and_the_zero_shot_row_is_constant(m
     out = mtil.run(cfg, Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"]))["seeds"][0].metrics
     # nothing trains: every row equals the zero-shot row, so nothing is forgotten and Last equals Average
     assert out["mtil_forgetting"] == 0.0 and out["mtil_last"] == pytest.approx(out["mtil_average"])
+
+
+# CoDyRA against plain LoRA on the embedded stream (inverted -> tinted -> noise digits; 60 steps per task, the
+# kappa ramp rescaled so that its thresholds still sum to about 0.6 over the pruning half)
+ORDER = "protocol.datasets=[DIGITS_INVERTED,DIGITS_TINTED,DIGITS_NOISE]"
+SHORT = ("method.iterations=60", "method.batch_size=32", ORDER, "protocol.test_limit=null")
+
+
+@functools.cache
+def stream_run(method: str, *extra: str) -> tuple[np.ndarray, list[dict]]:
+    from conftest import compose_config
+
+    from fluxbench.methods import create_method
+    from fluxbench.protocols.mtil import MtilLoop
+    from fluxbench.protocols.setup import seed_everything
+
+    cfg = compose_config(*mtil_overrides(method, *SHORT, *extra))
+    loop = MtilLoop(cfg)
+    seed_everything(0)
+    stream = loop.stream(0)
+    ctx = loop.context(stream)
+    m = create_method(cfg["method"], ctx)
+    partial = loop.begin(stream)
+    steps = [loop.experience(m, stream, i, partial, ctx.device) for i in range(len(stream))]
+    return partial["mtil"].numpy().copy(), steps
+
+
+CODYRA_SHORT = ("method.max_kappa=0.04", "method.lambda_num=30")
+
+
+@pytest.mark.slow
+def test_codyra_prunes_to_a_lower_rank_and_drifts_less_than_plain_lora():
+    codyra, c_steps = stream_run("codyra", *CODYRA_SHORT)
+    lora, l_steps = stream_run("clip_lora")
+    assert all(s["effective_rank_mean"] < 16 for s in c_steps)
+    assert all(s["effective_rank_mean"] == 16 for s in l_steps)
+    assert c_steps[-1]["drift"] < l_steps[-1]["drift"]
+    assert transfer_average_last(codyra)["transfer"] > transfer_average_last(lora)["transfer"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="at 60 steps per task CoDyRA barely learns the first (inverted) task: it keeps 0.13 of "
+                          "it against plain LoRA's 0.31, at a lower last-task accuracy (0.34 vs 0.61)", strict=False)
+def test_codyra_retains_more_of_task_1_than_plain_lora_at_similar_last_task_accuracy():
+    codyra, _ = stream_run("codyra", *CODYRA_SHORT)
+    lora, _ = stream_run("clip_lora")
+    assert codyra[-1, 0] > lora[-1, 0] and abs(codyra[-1, -1] - lora[-1, -1]) < 0.05
