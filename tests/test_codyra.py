@@ -213,7 +213,7 @@ def test_clip_methods_refuse_other_protocols_and_the_zero_shot_row_is_constant(m
 # CoDyRA against plain LoRA on the embedded stream (inverted -> tinted -> noise digits; 60 steps per task, the
 # kappa ramp rescaled so that its thresholds still sum to about 0.6 over the pruning half)
 ORDER = "protocol.datasets=[DIGITS_INVERTED,DIGITS_TINTED,DIGITS_NOISE]"
-SHORT = ("method.iterations=60", "method.batch_size=32", ORDER, "protocol.test_limit=null")
+SHORT = ("method.iterations=60", "method.batch_size=32")
 
 
 @functools.cache
@@ -224,7 +224,8 @@ def stream_run(method: str, *extra: str) -> tuple[np.ndarray, list[dict]]:
     from fluxbench.protocols.mtil import MtilLoop
     from fluxbench.protocols.setup import seed_everything
 
-    cfg = compose_config(*mtil_overrides(method, *SHORT, *extra))
+    overrides = [o for o in mtil_overrides(method, *SHORT, *extra) if o not in (THREE, "protocol.test_limit=60")]
+    cfg = compose_config(*overrides, ORDER)
     loop = MtilLoop(cfg)
     seed_everything(0)
     stream = loop.stream(0)
@@ -249,8 +250,9 @@ def test_codyra_prunes_to_a_lower_rank_and_drifts_less_than_plain_lora():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="at 60 steps per task CoDyRA barely learns the first (inverted) task: it keeps 0.13 of "
-                          "it against plain LoRA's 0.31, at a lower last-task accuracy (0.34 vs 0.61)", strict=False)
+@pytest.mark.xfail(reason="at 60 steps per task CoDyRA barely learns the first (inverted) task (0.12 vs plain "
+                          "LoRA's 0.34), so at a similar last-task accuracy (0.83 vs 0.85) it keeps less of task 1 "
+                          "(0.13 vs 0.31)", strict=False)
 def test_codyra_retains_more_of_task_1_than_plain_lora_at_similar_last_task_accuracy():
     codyra, _ = stream_run("codyra", *CODYRA_SHORT)
     lora, _ = stream_run("clip_lora")
