@@ -101,6 +101,17 @@ class PreferenceSchema:
     sweep_points: int = 11
 
 
+@dataclass
+class MtilSchema:
+    name: str = "mtil"
+    num_seeds: int = 1
+    shots: int = 16
+    datasets: list[str] | None = None
+    xtail_label_space: str = "all"
+    eval_batch_size: int = 128
+    test_limit: int | None = None
+
+
 SCHEMAS = {
     (None, "root_schema"): RootSchema,
     ("tracking", "tracking_schema"): TrackingSchema,
@@ -108,6 +119,7 @@ SCHEMAS = {
     ("protocol", "two_phase_schema"): TwoPhaseSchema,
     ("protocol", "online_tta_schema"): OnlineTTASchema,
     ("protocol", "preference_schema"): PreferenceSchema,
+    ("protocol", "mtil_schema"): MtilSchema,
 }
 
 

@@ -4,6 +4,8 @@ from fluxbench.methods import (  # noqa: F401
     avalanche_adapter,
     bn_adapt,
     cema,
+    clip_baselines,
+    codyra,
     finetune,
     hft,
     ibcl,

@@ -156,6 +156,18 @@ class PeftHandle:
             self.modules[name].merged = False
         self.merged = False
 
+    def merge_and_restart(self) -> None:
+        """Fold every current update into its weight and start a fresh LoRA in place (CoDyRA's task boundary,
+        ``increment_task``): outputs do not change, the next task trains a new rank-r update from zero.
+        Components whose gate is exactly 0 add nothing to ΔW, so pruned ranks are left out of the merge."""
+        self._check_lora("merge and restart")
+        self._check_unmerged("merge and restart")
+        for name, fn in self._weights.items():
+            merge(self.modules[name], fn(), 1.0)
+        for module in self.modules.values():
+            for pair in module.pairs.values():
+                pair.reset_parameters()
+
     def clone_with(self, model: nn.Module) -> tuple[nn.Module, PeftHandle]:
         """A deep copy of ``model`` (which this handle is attached to) and a handle on the copy.
 
@@ -253,7 +265,7 @@ def ema_(target: PeftHandle | State, source: PeftHandle | Mapping[str, torch.Ten
 
 def _width(tower: Tower) -> int:
     attn = innermost(getattr(tower.blocks[0], tower.layout.attn))
-    if isinstance(attn, nn.MultiheadAttention):
+    if isinstance(attn, nn.MultiheadAttention) or hasattr(attn, "embed_dim"):  # open_clip, split or not
         return int(attn.embed_dim)
     return int(innermost(attn.qkv).in_features)
 

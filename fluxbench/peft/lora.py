@@ -49,11 +49,21 @@ class LoRAPair(nn.Module):
         self.scale = nn.Parameter(torch.ones(())) if scale is None else float(scale)
         if gate not in (None, "ones", "normal"):
             raise ConfigError(f"LoRA gate={gate!r}; use null, 'ones' or 'normal'")
-        self.gate = None if gate is None else nn.Parameter(torch.ones(rank) if gate == "ones" else torch.randn(rank))
-        if init_std is None:
+        self.gate = None if gate is None else nn.Parameter(torch.empty(rank))
+        self.init_std, self.gate_init = init_std, gate
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """A fresh update, in place (the same Parameter objects): A Kaiming-uniform (or Gaussian), B = 0, gates
+        ones or N(0, 1); a fresh pair contributes exactly nothing, whatever A and the gates are."""
+        if self.gate is not None:  # drawn before A, as the pair always drew them
+            self.gate.copy_(torch.ones_like(self.gate) if self.gate_init == "ones" else torch.randn_like(self.gate))
+        if self.init_std is None:
             nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         else:
-            nn.init.normal_(self.A, std=float(init_std))
+            nn.init.normal_(self.A, std=float(self.init_std))
+        self.B.zero_()
 
     def delta_weight(self) -> torch.Tensor:
         """``scale * B diag(gate) A``: the (rows x in_features) update."""
@@ -146,8 +156,8 @@ def attach_lora(
     if alpha is not None:
         scale = float(alpha) / rank
     by_role: dict[str, list[str]] = {}
-    for target in targets:
-        by_role.setdefault(TARGETS[target][0], []).append(target)
+    for target in targets:  # a split attention has q, k, v as Linears of their own: the target is its role
+        by_role.setdefault(target if layout.has(target) else TARGETS[target][0], []).append(target)
     modules, undos, weights = {}, [], {}
     for role, names in by_role.items():
         path, tensor = layout.linear(role)
@@ -156,7 +166,7 @@ def attach_lora(
         part = out_features // 3 if role == "qkv" else out_features
         pairs = {}
         for name in names:
-            third = TARGETS[name][1]
+            third = None if layout.has(name) else TARGETS[name][1]
             rows = slice(0, out_features) if third is None else slice(third * part, (third + 1) * part)
             pairs[name] = LoRAPair(in_features, rows, rank, scale, init_std, gate)
         lora = LoRA(pairs, out_features, dropout).to(weight.device)

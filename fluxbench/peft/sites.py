@@ -6,7 +6,10 @@ Two block layouts are known, both used as the libraries build them:
   ``norm2``, ``mlp`` with ``fc1``/``fc2``);
 - open_clip ``ResidualAttentionBlock`` (``ln_1``, ``attn`` = ``nn.MultiheadAttention`` whose fused
   ``in_proj_weight`` and ``out_proj.weight`` are read as tensors, ``ln_2``, ``mlp`` with ``c_fc``/``c_proj``),
-  in CLIP's visual and text transformers alike.
+  in CLIP's visual and text transformers alike;
+- the same open_clip block after :func:`fluxbench.peft.split_attention.split_attention` (``attn`` with
+  separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` Linears, as CoDyRA's code rebuilds it): every
+  LoRA target is then a Linear called as a module.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class Layout:
     mlp: str
     linears: tuple[tuple[str, str, str | None], ...]
 
+    def has(self, role: str) -> bool:
+        return any(name == role for name, _, _ in self.linears)
+
     def linear(self, role: str) -> tuple[str, str | None]:
         for name, path, tensor in self.linears:
             if name == role:
@@ -55,6 +61,9 @@ TIMM = Layout("timm", "attn", "norm1", "norm2", "mlp",
 OPEN_CLIP = Layout("open_clip", "attn", "ln_1", "ln_2", "mlp",
                    (("qkv", "attn", "in_proj_weight"), ("proj", "attn.out_proj", "weight"),
                     ("fc1", "mlp.c_fc", None), ("fc2", "mlp.c_proj", None)))
+OPEN_CLIP_SPLIT = Layout("open_clip_split", "attn", "ln_1", "ln_2", "mlp",
+                         (("q", "attn.q_proj", None), ("k", "attn.k_proj", None), ("v", "attn.v_proj", None),
+                          ("proj", "attn.out_proj", None), ("fc1", "mlp.c_fc", None), ("fc2", "mlp.c_proj", None)))
 
 
 @dataclass
@@ -91,6 +100,8 @@ def layout_of(block: nn.Module) -> Layout:
         return TIMM
     if hasattr(block, "ln_1") and isinstance(attn, nn.MultiheadAttention):
         return OPEN_CLIP
+    if hasattr(block, "ln_1") and all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "out_proj")):
+        return OPEN_CLIP_SPLIT
     raise ConfigError(
         f"cannot attach PEFT modules to {type(innermost(block)).__name__} blocks; "
         "supported: timm ViT Block, open_clip ResidualAttentionBlock"

@@ -10,6 +10,7 @@ from fluxbench.errors import ConfigError
 
 PROTOCOLS = {
     "conventional": "fluxbench.protocols.conventional",
+    "mtil": "fluxbench.protocols.mtil",
     "online_tta": "fluxbench.protocols.online_tta",
     "preference": "fluxbench.protocols.preference",
     "two_phase": "fluxbench.protocols.two_phase",

@@ -101,3 +101,14 @@ def mean_std_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, 
     std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
     half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * std / math.sqrt(len(v))) if len(v) > 1 else math.nan
     return {"mean": float(v.mean()), "std": std, "ci95": half, "n": len(v)}
+
+
+def transfer_average_last(R: np.ndarray) -> dict[str, float]:
+    """MTIL / X-TAIL figures of a full ``T x T`` matrix (every dataset scored after every task; ZSCL, RAIL):
+    Transfer = mean over datasets j > 0 of the mean over t < j of R[t, j] (zero-shot retention on datasets not
+    yet learned), Average = the mean of every entry, Last = the mean of the final row, and forgetting."""
+    R = np.asarray(R, dtype=float)
+    T = R.shape[0]
+    transfer = float(np.mean([R[:j, j].mean() for j in range(1, T)])) if T > 1 else float("nan")
+    return {"transfer": transfer, "average": float(R.mean()), "last": float(R[-1].mean()),
+            "forgetting": forgetting(R)}

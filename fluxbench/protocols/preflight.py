@@ -16,8 +16,8 @@ from fluxbench.errors import ConfigError, DataError
 from fluxbench.methods.registry import get_method, list_methods, validate_hyperparameters
 from fluxbench.protocols.setup import prepare_backbone, resolve_device
 
-PROTOCOL_FOR_KIND = {"supervised": "conventional or two_phase", "tta": "online_tta"}
-KIND_WORD = {"supervised": "supervised (continual-learning)", "tta": "test-time"}
+PROTOCOL_FOR_KIND = {"supervised": "conventional or two_phase", "tta": "online_tta", "clip": "mtil"}
+KIND_WORD = {"supervised": "supervised (continual-learning)", "tta": "test-time", "clip": "CLIP (multimodal)"}
 
 
 def check_method_kind(cfg: Mapping[str, Any], kind: str) -> None:
@@ -43,7 +43,8 @@ def check_writable_dir(path: str | Path, key: str) -> None:
 # integer settings outside the method node, with their least value; a protocol checks the ones it has
 INTEGER_KEYS = {"seed": 0, "protocol.num_seeds": 1, "protocol.tuning_seeds": 1, "protocol.n_trials": 1,
                 "protocol.n_jobs": 1, "protocol.sampler_seed": 0, "protocol.batch_size": 1,
-                "protocol.prefs_per_task": 1, "protocol.preference_seed": 0, "protocol.sweep_points": 2}
+                "protocol.prefs_per_task": 1, "protocol.preference_seed": 0, "protocol.sweep_points": 2,
+                "protocol.shots": 1, "protocol.eval_batch_size": 1}
 
 
 def check_integer_settings(cfg: Mapping[str, Any]) -> None:

@@ -13,7 +13,8 @@ from fluxbench.batching import iterate_batches, to_float
 from fluxbench.benchmarks.base import ImageDataset
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
-__all__ = ["BatchTransform", "Experience", "iterate_batches", "to_float"]
+PROMPTS_KEY = "prompts"  # metadata of a prompted (CLIP) experience: the text of each of its classes
+__all__ = ["PROMPTS_KEY", "BatchTransform", "Experience", "iterate_batches", "to_float"]
 
 
 @dataclass
