@@ -51,7 +51,7 @@ def test_phases_run_on_disjoint_corruptions(tent_two_phase):
     for trial in trials:
         (seed,) = tracker.children(trial.info.run_id)
         assert domains_of(seed) == set(TUNING)
-        assert seed.data.params["benchmark.corruptions.names"] == str(list(TUNING))
+        assert json.loads(seed.data.params["benchmark.corruptions.names"]) == list(TUNING)
         assert seed.data.params["protocol.batch_size"] == "64"  # the online loop's settings are in the seed config
     (phase2,) = tracker.children(result["run_id"], "tags.phase = 'evaluation'")
     assert domains_of(phase2) == set(EVALUATION)
