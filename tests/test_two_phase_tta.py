@@ -104,3 +104,19 @@ def test_default_split_is_the_held_out_four_against_the_standard_fifteen():
     seed_cfg = two_phase.seed_config(cfg, {"lr": 0.01}, "tuning")
     assert seed_cfg["benchmark"]["corruptions"]["names"] == list(HELD_OUT_CORRUPTIONS)
     assert seed_cfg["protocol"]["batch_size"] == 64 and seed_cfg["method"]["lr"] == 0.01
+
+
+def test_the_report_shows_tent_with_its_conventional_error_and_gap(tent_two_phase, tmp_path):
+    from fluxbench.reports.build import build, write
+
+    cfg, result = tent_two_phase
+    parent = tracker_of(cfg).client.get_run(result["run_id"]).data.metrics
+    report = build(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
+    (row,) = report.two_phase.to_dict("records")
+    assert row["method"] == "tent" and row["benchmark"] == "digits_c" and row["metric"] == "mean_error"
+    assert row["conventional"] == pytest.approx(parent["conventional_mean_error"])
+    assert row["two_phase"] == pytest.approx(parent["mean_error_mean"])
+    assert row["gap"] == pytest.approx(parent["overestimation_gap"], abs=1e-6)  # two-phase minus conventional error
+    write(report, tmp_path)
+    text = (tmp_path / "leaderboard.md").read_text()
+    assert "### digits_c (mean error (%))" in text and "| tent" in text
