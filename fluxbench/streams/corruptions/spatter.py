@@ -81,11 +81,18 @@ def canny(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
     edges = candidate & (mag > high)
     while True:  # hysteresis: grow the strong edges through 8-connected candidates
         grown = edges
-        for _ in range(8):
-            grown = candidate & (F.max_pool2d(grown.to(image.dtype), 3, 1, 1) > 0)
+        for _ in range(4):
+            grown = candidate & dilate3(grown)
         if torch.equal(grown, edges):
             return edges
         edges = grown
+
+
+def dilate3(mask: torch.Tensor) -> torch.Tensor:
+    """A 3x3 binary dilation as row then column ORs (several times faster than ``max_pool2d`` on CPU)."""
+    padded = F.pad(mask.to(torch.uint8), (1, 1, 1, 1))
+    rows = padded[..., :-2, :] | padded[..., 1:-1, :] | padded[..., 2:, :]
+    return (rows[..., :-2] | rows[..., 1:-1] | rows[..., 2:]).bool()
 
 
 def chamfer_distance(zero: torch.Tensor, limit: float) -> torch.Tensor:
