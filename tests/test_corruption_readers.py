@@ -145,3 +145,30 @@ def test_imagenet_c_missing_and_bad_trees(tmp_path):
         load_dataset({"dataset": "imagenet_c", "ids_file": str(ids_file)}, tmp_path)
     with pytest.raises(ConfigError, match="severity must be an integer 1..5"):
         load_dataset({"dataset": "imagenet_c", "severity": 0}, tmp_path)
+
+
+HELD_OUT = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+
+
+def test_cifar10_c_extra_files_are_read_beside_the_standard_ones(tmp_path):
+    written, labels = write_cifar_c(tmp_path, corruptions=("fog",) + HELD_OUT)
+    domains = read_cifar_c_domains(tmp_path, "cifar10_c", [(c, 5) for c in HELD_OUT] + [("fog", 1)])
+    for corruption in HELD_OUT:
+        data = domains[(corruption, 5)]
+        assert np.array_equal(data.images, written[corruption][4 * PER_SEVERITY:])
+        assert np.array_equal(data.labels, labels) and data.ids[0] == f"cifar10_c/{corruption}/5/0"
+    split = load_dataset({"dataset": "cifar10_c", "corruption": "saturate", "severity": 2}, tmp_path)
+    assert np.array_equal(split.test.images, written["saturate"][PER_SEVERITY:2 * PER_SEVERITY])
+
+
+def test_imagenet_c_extra_tar_tree(tmp_path):
+    pixels = write_imagenet_c(tmp_path, domains=(("spatter", 3), ("saturate", 5)), per_class=1)
+    domains = read_imagenet_c_domains(tmp_path, [("spatter", 3), ("saturate", 5)])
+    for (corruption, severity), data in domains.items():
+        assert list(data.labels) == [0, 999] and data.images.shape == (2, 224, 224, 3)
+        for image, sample_id in zip(data.images, data.ids):
+            assert sample_id.startswith(f"imagenet_c/{corruption}/{severity}/")
+            assert np.array_equal(image, pixels[sample_id.removeprefix("imagenet_c/")])
+    for corruption in ("speckle_noise", "gaussian_blur"):  # not extracted: the error names the tar that has it
+        with pytest.raises(DataError, match=f"ImageNet-C/{corruption}/5 does not exist; extract extra.tar from"):
+            load_dataset({"dataset": "imagenet_c", "corruption": corruption}, tmp_path)

@@ -17,6 +17,7 @@ from fluxbench.streams.corruptions import (
     CORRUPTIONS,
     FROST_FILES,
     FROST_SOURCE,
+    HELD_OUT_CORRUPTIONS,
     chunk_seed,
     corrupt,
     corrupt_dataset,
@@ -28,18 +29,22 @@ from fluxbench.streams.corruptions import (
 from fluxbench.streams.corruptions.params import severity_params
 
 # corruptions whose output does not depend on the seed
-DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression"}
+DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression",
+                 "gaussian_blur", "saturate"}
 # where the published tables themselves are not monotone in pixel distance (checked: severity 5 > severity 1)
 NOT_MONOTONE = {
     # imagenet: glass sev 2 has 1 shuffle pass after 2; frost sev 4 keeps less image, same frost;
     # snow sev 3 thresholds harder than sev 2; elastic sev 1-2 use a huge sigma and jitter (a near-global warp)
-    "imagenet": {"glass_blur", "frost", "snow", "elastic_transform"},  # measured on 224 px, the table's size
+    # saturate (both tables): severities 1-2 remove saturation, 3-5 add it
+    "imagenet": {"glass_blur", "frost", "snow", "elastic_transform", "saturate"},  # measured on 224 px
     # cifar: glass blurs more at sev 3 than 4; motion sev 3-4 share sigma; snow sev 5 zooms less;
     # pixelate's BOX sizes at 32 px; elastic's affine jitter shrinks from 2.6 px to 1 px as its warp grows
-    "cifar": {"glass_blur", "motion_blur", "snow", "frost", "elastic_transform", "pixelate"},
+    # spatter: water drops at severities 1-3, thinner mud at 4
+    "cifar": {"glass_blur", "motion_blur", "snow", "frost", "elastic_transform", "pixelate", "saturate", "spatter"},
 }
 # a grey image as 1 channel or as 3 equal channels gives the same result (same random draws)
-CHANNEL_FREE = set(CORRUPTIONS) - {"gaussian_noise", "shot_noise", "impulse_noise", "frost", "jpeg_compression"}
+CHANNEL_FREE = (set(CORRUPTIONS) | {"gaussian_blur"}) - {"gaussian_noise", "shot_noise", "impulse_noise", "frost",
+                                                     "jpeg_compression"}
 
 
 def natural(size: int, count: int = 2) -> torch.Tensor:
@@ -74,9 +79,9 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_registry_holds_the_15_in_standard_order():
-    assert list_corruptions() == list(CORRUPTIONS)
+    assert list_corruptions() == list(CORRUPTIONS) + list(HELD_OUT_CORRUPTIONS)
     assert len(CORRUPTIONS) == 15 and CORRUPTIONS[0] == "gaussian_noise" and CORRUPTIONS[-1] == "jpeg_compression"
-    assert list_corruptions("*_blur") == ["defocus_blur", "glass_blur", "motion_blur", "zoom_blur"]
+    assert list_corruptions("*_blur") == ["defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur"]
 
 
 @pytest.mark.parametrize("name", list_corruptions())

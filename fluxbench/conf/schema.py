@@ -80,6 +80,11 @@ class TwoPhaseSchema:
     sampler_seed: int = 0
     n_jobs: int = 1
     study_storage: str | None = None
+    # test-time methods only (protocol=two_phase_tta sets them): the online loop's settings, as online_tta's
+    batch_size: int | None = None
+    online_eval: str | None = None
+    speed_measure: str | None = None
+    relative_speed: int | None = None
 
 
 @dataclass

@@ -183,16 +183,17 @@ class SearchStudy:
     """One Optuna study shared by every process of one ``two_phase`` call (and by its resumption)."""
 
     def __init__(self, url: str, name: str, dists: Mapping[str, Any], sampler: str, seed: int, budget: int,
-                 lock_path: Path, worker: int = 0) -> None:
+                 lock_path: Path, worker: int = 0, direction: str = "maximize") -> None:
         import optuna
         from optuna.storages import RDBStorage
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.dists, self.sampler_name, self.budget, self.lock_path = dict(dists), sampler, budget, lock_path
+        self.direction = direction  # "minimize" for errors (TTA's mean_error)
         with file_lock(lock_path):  # concurrent calls (a multirun over methods) share one database: create it once
             kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
             self.storage = storage = RDBStorage(url, engine_kwargs=kwargs)
-            self.study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+            self.study = optuna.create_study(storage=storage, study_name=name, direction=direction,
                                              sampler=optuna.samplers.RandomSampler(seed=seed), load_if_exists=True)
         self._study_id = storage.get_study_id_from_name(name)
         if sampler == "tpe":  # a seed per worker and per resumption: parallel or resumed workers propose anew
@@ -285,9 +286,10 @@ class SearchStudy:
             time.sleep(poll_s)
 
     def best(self) -> Any | None:
-        """The best finished trial (the earliest of equals), or ``None`` when none finished."""
+        """The best finished trial (the earliest of equals; the lowest value when minimizing), or ``None``."""
         from optuna.trial import TrialState
 
         done = [t for t in self.trials() if t.state == TrialState.COMPLETE and t.value is not None
                 and math.isfinite(t.value)]
-        return max(done, key=lambda t: (t.value, -t.number)) if done else None
+        sign = -1.0 if self.direction == "minimize" else 1.0
+        return max(done, key=lambda t: (sign * t.value, -t.number)) if done else None

@@ -8,6 +8,9 @@ Paper: Cha & Cho, arXiv 2403.09066 (TMLR 2025). Upstream code: github.com/csm949
 - Phase 2 trains once per seed (``protocol.num_seeds``) with the best trial's values, unchanged, on
   the *evaluation* data with the same stream config, and reports mean, std and a 95% CI.
 - The conventional number (the best phase-1 mean) and its gap to phase 2 are recorded too.
+- Test-time methods (``protocol=two_phase_tta``): phase 1 runs on the tuning corruptions, phase 2 on
+  disjoint evaluation corruptions, the same online loop; selected by ``mean_error`` (lower is better).
+  What is TTA-specific lives in :mod:`fluxbench.protocols.two_phase_tta`.
 
 What differs from upstream: the search is an Optuna study (grid, random or TPE; see
 :mod:`fluxbench.protocols.search`), resumable and shared by ``protocol.n_jobs`` processes;
@@ -17,8 +20,10 @@ paper's budget is 30 configurations x 5 seeds, the embedded default a smaller on
 MLflow: a parent run per call; under it one run per trial (``fluxbench.kind=trial``,
 ``phase=tuning``) with one run per seed below it, and the phase-2 seed runs
 (``phase=evaluation``). The parent holds ``selected.<hp>`` tags, phase-2 ``<metric>_mean/_std/_ci95``,
-``conventional_<metric>``, ``overestimation_gap`` and ``summary.json``. Resuming is by config hash: the
-same command finds its parent and study; a seed run whose exact config already finished is read back, not re-run.
+``conventional_<metric>``, ``overestimation_gap`` (how much the conventional number flatters: conventional
+minus two-phase for accuracies, two-phase minus conventional for errors) and ``summary.json``. Resuming is by
+config hash: the same command finds its parent and study; a seed run whose exact config already finished is read
+back, not re-run.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ import yaml
 
 from fluxbench.benchmarks import DataSplit, shared_samples
 from fluxbench.errors import ConfigError, DivergedError, FluxbenchError, LeakageError
-from fluxbench.methods.registry import get_method, hyperparameters, validate_hyperparameters
+from fluxbench.methods.registry import hyperparameters, validate_hyperparameters
+from fluxbench.protocols import two_phase_tta as tta
 from fluxbench.protocols.execution import SupervisedLoop
 from fluxbench.protocols.parent import ParentResult, ProtocolCall, run_protocol, seeds_of
 from fluxbench.protocols.preflight import preflight
@@ -50,35 +56,50 @@ from fluxbench.tracking import layout as L
 
 SELECTION_METRICS = ("last_accuracy", "avg_incremental_accuracy")
 _NOT_IN_KEY = ("n_jobs", "study_storage")  # how a call runs, not what it computes
+Loop = SupervisedLoop | tta.TestTimeLoop
+
+
+def lower_is_better(cfg: Mapping[str, Any]) -> bool:
+    return cfg["protocol"]["selection_metric"] in tta.TTA_SELECTION_METRICS
+
+
+def headline(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    return tta.TTA_HEADLINE if tta.is_tta(cfg) else HEADLINE
 
 
 def seed_config(cfg: Mapping[str, Any], values: Mapping[str, Any], phase: str) -> dict[str, Any]:
-    """The config of one seed run: the method with ``values`` merged in, nothing the seed does not depend on."""
+    """The config of one seed run: the method with ``values`` merged in, nothing the seed does not depend on
+    (a test-time seed: its phase's corruptions and the online loop's settings too)."""
+    protocol: dict[str, Any] = {"name": "two_phase", "phase": phase}
+    if tta.is_tta(cfg):
+        cfg = tta.phase_config(cfg, phase)
+        protocol |= {k: cfg["protocol"].get(k) for k in tta.TTA_PROTOCOL_KEYS}
     method = {k: v for k, v in cfg["method"].items() if k != "search_space"} | dict(values)
     out = {k: v for k, v in cfg.items() if k not in ("progress", "protocol", "method")}
-    return out | {"method": method, "protocol": {"name": "two_phase", "phase": phase}}
+    return out | {"method": method, "protocol": protocol}
 
 
-def protocol_key(cfg: Mapping[str, Any], tuning: DataSplit, evaluation: DataSplit) -> str:
-    """Names the parent run and the study: the same command finds and resumes both."""
-    protocol = {k: v for k, v in cfg["protocol"].items() if k not in _NOT_IN_KEY}
+def protocol_key(cfg: Mapping[str, Any], tuning_fingerprint: str, evaluation_fingerprint: str) -> str:
+    """Names the parent run and the study: the same command finds and resumes both. Unset TTA-only settings are
+    left out, so a supervised call keeps the key it had before they existed."""
+    protocol = {k: v for k, v in cfg["protocol"].items()
+                if k not in _NOT_IN_KEY and not (k in tta.TTA_PROTOCOL_KEYS and v is None)}
     kept = {k: v for k, v in cfg.items() if k != "progress"} | {"protocol": protocol}
-    return config_hash(kept, tuning.fingerprint(), evaluation.fingerprint())
+    return config_hash(kept, tuning_fingerprint, evaluation_fingerprint)
 
 
 def check_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Validate the protocol settings and every value of the search space before anything runs."""
     protocol = cfg["protocol"]
-    if protocol["selection_metric"] not in SELECTION_METRICS:
+    if tta.is_tta(cfg):
+        tta.check_config(cfg)
+    elif protocol["selection_metric"] not in SELECTION_METRICS:
         raise ConfigError(f"protocol.selection_metric={protocol['selection_metric']!r} is unknown; choose one of: "
                           f"{', '.join(SELECTION_METRICS)}")
     for key in ("tuning_seeds", "num_seeds", "n_jobs"):
         if int(protocol[key]) < 1:
             raise ConfigError(f"protocol.{key} must be at least 1; got {protocol[key]}")
     method = cfg["method"]
-    if get_method(method["name"]).kind != "supervised":
-        raise ConfigError(f"method {method['name']!r} is test-time only; two_phase tunes and evaluates continual "
-                          "learners: use protocol=online_tta, or a supervised method")
     dists = search_distributions(method.get("search_space"))
     for name, dist in dists.items():
         if name not in hyperparameters(method):
@@ -90,6 +111,20 @@ def check_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             except ConfigError as err:
                 raise ConfigError(f"method.search_space.{name} allows {value!r}, which is invalid: {err}") from None
     return dists
+
+
+def build_loop(cfg: Mapping[str, Any], phase: str) -> Loop:
+    """The seed loop of ``phase``: supervised training on that pool, or the online TTA loop on that phase's domains."""
+    if tta.is_tta(cfg):
+        return tta.phase_loop(cfg, phase)
+    return SupervisedLoop(cfg, load_split(cfg, phase), keep_diverged=phase == L.PHASE_EVALUATION)
+
+
+def check_phases(cfg: Mapping[str, Any], tuning: Loop, evaluation: Loop) -> None:
+    if isinstance(tuning, tta.TestTimeLoop) and isinstance(evaluation, tta.TestTimeLoop):
+        tta.check_samples_disjoint(tuning, evaluation)
+    else:
+        check_disjoint(cfg, tuning.split, evaluation.split)
 
 
 def check_disjoint(cfg: Mapping[str, Any], tuning: DataSplit, evaluation: DataSplit) -> None:
@@ -112,12 +147,12 @@ def open_study(cfg: Mapping[str, Any], key: str, worker: int = 0) -> tuple[Searc
     lock = (Path(url[len("sqlite:///"):] + ".lock") if url.startswith("sqlite:///")
             else Path(cfg["tracking"]["checkpoint_dir"]) / "two_phase.lock")
     study = SearchStudy(url, f"fluxbench-two_phase-{cfg['method']['name']}-{key}", dists, protocol["sampler"], seed,
-                        budget, lock, worker)
+                        budget, lock, worker, direction="minimize" if lower_is_better(cfg) else "maximize")
     return study, points
 
 
 # -- phase 1 ---------------------------------------------------------------------------------
-def run_trial(cfg: Mapping[str, Any], study: SearchStudy, trial: Any, loop: SupervisedLoop, tracker: Tracker,
+def run_trial(cfg: Mapping[str, Any], study: SearchStudy, trial: Any, loop: Loop, tracker: Tracker,
               parent_id: str, progress: Callable[[int], None] | None = None) -> None:
     """All tuning seeds of one trial, as one MLflow run; a failure is recorded and the study goes on."""
     values = dict(trial.params)
@@ -149,12 +184,13 @@ def run_trial(cfg: Mapping[str, Any], study: SearchStudy, trial: Any, loop: Supe
     agg = aggregate(r.metrics for r in records)
     tracker.log_metrics(run, flat_summary(agg) | {"score": score})
     tracker.end(run)
-    per_seed = [{k: r.metrics[k] for k in HEADLINE if math.isfinite(r.metrics.get(k, math.nan))} for r in records]
+    per_seed = [{k: r.metrics[k] for k in headline(cfg) if math.isfinite(r.metrics.get(k, math.nan))}
+                for r in records]
     study.complete(trial, score, {"mlflow_run_id": run.run_id, "seed_metrics": per_seed})
     print(f"trial {trial.number} {_fmt(values)}: {metric} {100 * score:.2f}", flush=True)
 
 
-def tune(cfg: Mapping[str, Any], key: str, parent_id: str, tracker: Tracker, loop: SupervisedLoop,
+def tune(cfg: Mapping[str, Any], key: str, parent_id: str, tracker: Tracker, loop: Loop,
          progress: Callable[[int], None] | None = None, worker: int = 0) -> None:
     """Claim and run trials until the budget is spent (one worker's loop)."""
     study, _ = open_study(cfg, key, worker)
@@ -166,12 +202,12 @@ def tune(cfg: Mapping[str, Any], key: str, parent_id: str, tracker: Tracker, loo
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_inputs(cfg: Mapping[str, Any], role: str) -> tuple[Tracker, SupervisedLoop]:
+def _worker_inputs(cfg: Mapping[str, Any], role: str) -> tuple[Tracker, Loop]:
     """A worker process keeps its tracker and data between tasks."""
     if "tracker" not in _WORKER:
         _WORKER["tracker"] = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
     if role not in _WORKER:
-        _WORKER[role] = SupervisedLoop(cfg, load_split(cfg, role), keep_diverged=role == L.PHASE_EVALUATION)
+        _WORKER[role] = build_loop(cfg, role)
     return _WORKER["tracker"], _WORKER[role]
 
 
@@ -185,7 +221,7 @@ def _evaluation_seed(cfg: dict[str, Any], parent_id: str, seed: int) -> SeedReco
     return evaluate_seed(cfg, loop, seed, tracker, RunHandle(parent_id))
 
 
-def run_phase1(cfg: Mapping[str, Any], key: str, parent: RunHandle, tracker: Tracker, loop: SupervisedLoop,
+def run_phase1(cfg: Mapping[str, Any], key: str, parent: RunHandle, tracker: Tracker, loop: Loop,
                pool: WorkerPool | None) -> SearchStudy:
     study, points = open_study(cfg, key)
     if study.budget < int(cfg["protocol"]["n_trials"]):
@@ -207,7 +243,7 @@ def run_phase1(cfg: Mapping[str, Any], key: str, parent: RunHandle, tracker: Tra
 
 
 # -- phase 2 ---------------------------------------------------------------------------------
-def evaluate_seed(cfg: Mapping[str, Any], loop: SupervisedLoop, seed: int, tracker: Tracker, parent: RunHandle,
+def evaluate_seed(cfg: Mapping[str, Any], loop: Loop, seed: int, tracker: Tracker, parent: RunHandle,
                   progress: Callable[[int], None] | None = None) -> SeedRecord | str:
     """One phase-2 seed. A diverging loss is scored, not dropped (``SupervisedLoop.keep_diverged``); a seed that
     still fails comes back as its failure reason."""
@@ -217,7 +253,7 @@ def evaluate_seed(cfg: Mapping[str, Any], loop: SupervisedLoop, seed: int, track
         return f"seed {seed}: {err}"
 
 
-def run_phase2(cfg: Mapping[str, Any], parent: RunHandle, tracker: Tracker, loop: SupervisedLoop,
+def run_phase2(cfg: Mapping[str, Any], parent: RunHandle, tracker: Tracker, loop: Loop,
                pool: WorkerPool | None) -> list[SeedRecord | str]:
     seeds = seeds_of(cfg)
     ecfg = seed_config(cfg, {}, L.PHASE_EVALUATION)
@@ -255,7 +291,9 @@ def report(cfg: Mapping[str, Any], tracker: Tracker, parent: RunHandle, study: S
     agg = aggregate(r.metrics for r in results)
     diverged = sum(int(r.metrics.get("diverged", 0.0)) for r in results)  # kept in the figure, counted here
     conventional = aggregate(best.user_attrs["seed_metrics"])
-    gap = best.value - agg[metric]["mean"]
+    # how much the conventional number flatters the method: positive when tuning on the reported data helped
+    gap = (agg[metric]["mean"] - best.value) if lower_is_better(cfg) else (best.value - agg[metric]["mean"])
+    order = "two-phase minus conventional" if lower_is_better(cfg) else "conventional minus two-phase"
     tracker.set_tags(parent, {L.SELECTED_TAG.format(name=k): v for k, v in best.params.items()}
                      | {L.SELECTED_TAG.format(name="trial"): best.number})
     trials = [{"number": t.number, "state": t.state.name, "values": t.params, "score": t.value,
@@ -267,9 +305,9 @@ def report(cfg: Mapping[str, Any], tracker: Tracker, parent: RunHandle, study: S
                "phase2_diverged": diverged,
                "trials": trials}
     table = "\n".join([
-        format_table({"two-phase": agg, "conventional (phase-1 best)": conventional}),
+        format_table({"two-phase": agg, "conventional (phase-1 best)": conventional}, headline(cfg)),
         f"selected (trial {best.number}): {_fmt(best.params)}",
-        f"overestimation gap ({metric}): {100 * gap:+.2f} points (conventional minus two-phase)",
+        f"overestimation gap ({metric}): {100 * gap:+.2f} points ({order})",
         f"phase-2 seeds diverged: {diverged} of {len(results)} (kept in the figure, scored as their model stood)"])
     for reason in failed:
         print(f"warning: phase-2 {reason}", file=sys.stderr)
@@ -280,16 +318,15 @@ def report(cfg: Mapping[str, Any], tracker: Tracker, parent: RunHandle, study: S
 
 def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
     check_config(cfg)
-    preflight(cfg, kind="supervised")
-    tuning = SupervisedLoop(cfg, load_split(cfg, L.PHASE_TUNING))
-    evaluation = SupervisedLoop(cfg, load_split(cfg, L.PHASE_EVALUATION), keep_diverged=True)
-    check_disjoint(cfg, tuning.split, evaluation.split)
-    key = protocol_key(cfg, tuning.split, evaluation.split)
+    preflight(cfg, kind="tta" if tta.is_tta(cfg) else "supervised")
+    tuning, evaluation = build_loop(cfg, L.PHASE_TUNING), build_loop(cfg, L.PHASE_EVALUATION)
+    check_phases(cfg, tuning, evaluation)
+    key = protocol_key(cfg, tuning.fingerprint, evaluation.fingerprint)
     label = f"{cfg['method']['name']} on {cfg['benchmark']['name']}"
     call = ProtocolCall("two_phase", label, key, {
         L.FINGERPRINT_TAG.format(role=L.PHASE_TUNING): tuning.fingerprint,
         L.FINGERPRINT_TAG.format(role=L.PHASE_EVALUATION): evaluation.fingerprint,
-    }, rank_metric=cfg["protocol"]["selection_metric"])
+    }, rank_metric=cfg["protocol"]["selection_metric"], rank_order="min" if lower_is_better(cfg) else "max")
 
     def body(parent: RunHandle) -> ParentResult:
         pool = WorkerPool(int(cfg["protocol"]["n_jobs"])) if int(cfg["protocol"]["n_jobs"]) > 1 else None

@@ -146,7 +146,8 @@ def two_phase_section(tp: pd.DataFrame, palette: dict[str, str]) -> str:
             f'<th>rank two-phase</th><th>rank change</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
             f'<p class="sub">Kendall τ between the two rankings: <b>{tau_text}</b></p><div class="figs">'
             + figure_html(plots.two_phase_slopes(g, palette), "Conventional vs two-phase score; the number in "
-                          "brackets is the change (a drop means the conventional protocol overestimated it)")
+                          "brackets is the change (a drop in accuracy, or a rise in error, means the "
+                          "conventional protocol overestimated it)")
             + "</div>")
     return ('<section class="card" id="two-phase"><h2>Conventional vs two-phase</h2><p class="sub">Conventional: '
             "best phase-1 mean, tuned and scored on the same scenario. Two-phase: phase 2 with the chosen "

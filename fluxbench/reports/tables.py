@@ -132,7 +132,11 @@ def conventional_metric(parent_metrics: dict[str, float]) -> str | None:
 
 def two_phase_table(board: pd.DataFrame, parents: pd.DataFrame) -> pd.DataFrame:
     """Per two-phase row: the conventional score (best phase-1 mean, from the parent), the two-phase score
-    (recomputed from the phase-2 seed runs), the gap, both ranks and Kendall's tau per benchmark."""
+    (recomputed from the phase-2 seed runs), the gap, both ranks and Kendall's tau per benchmark.
+
+    The gap is how much the conventional number flatters the method, in the metric's own direction (the parent's
+    rank order): conventional minus two-phase for accuracies, two-phase minus conventional for errors (TTA's
+    ``mean_error``), so a positive gap is an overestimate either way; ranks put the best score first."""
     rows = []
     for _, r in board[board["protocol"] == "two_phase"].iterrows():
         pm = parents.loc[r["run_id"], "metrics"]
@@ -140,9 +144,10 @@ def two_phase_table(board: pd.DataFrame, parents: pd.DataFrame) -> pd.DataFrame:
         if metric is None or f"{metric}_mean" not in r or pd.isna(r[f"{metric}_mean"]):
             continue
         conv, tp = pm[f"conventional_{metric}"], r[f"{metric}_mean"]
+        higher = bool(parents.loc[r["run_id"], "higher_is_better"])
         rows.append({"benchmark": r["benchmark"], "method": r["method"], "metric": metric, "conventional": conv,
-                     "two_phase": tp, "gap": conv - tp, "diverged": int(pm.get("phase2_diverged_seeds", 0)),
-                     "seeds": int(r["seeds"])})
+                     "two_phase": tp, "gap": conv - tp if higher else tp - conv,
+                     "diverged": int(pm.get("phase2_diverged_seeds", 0)), "seeds": int(r["seeds"]), "higher": higher})
     columns = ["benchmark", "method", "metric", "conventional", "two_phase", "diverged", "seeds", "gap",
                "rank_conventional",
                "rank_two_phase", "rank_change", "kendall_tau"]
@@ -151,8 +156,9 @@ def two_phase_table(board: pd.DataFrame, parents: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     parts = []
     for _, g in table.groupby("benchmark", sort=True):
-        g = g.assign(rank_conventional=g["conventional"].rank(ascending=False, method="min").astype(int),
-                     rank_two_phase=g["two_phase"].rank(ascending=False, method="min").astype(int))
+        best_first = not g["higher"].iloc[0]  # ascending ranks for errors
+        g = g.assign(rank_conventional=g["conventional"].rank(ascending=best_first, method="min").astype(int),
+                     rank_two_phase=g["two_phase"].rank(ascending=best_first, method="min").astype(int))
         g["rank_change"] = g["rank_conventional"] - g["rank_two_phase"]
         g["kendall_tau"] = kendall_tau(g["conventional"], g["two_phase"])
         parts.append(g.sort_values(["rank_two_phase", "method"]))

@@ -34,7 +34,7 @@ import torch
 
 from fluxbench.benchmarks.base import ImageDataset
 from fluxbench.errors import ConfigError, DataError
-from fluxbench.streams.corruptions import CORRUPTIONS, corrupt_dataset
+from fluxbench.streams.corruptions import CORRUPTIONS, corrupt_dataset, get_corruption
 from fluxbench.streams.experience import Experience
 
 SETTINGS = ("continual", "gradual", "mixed", "reset_each_shift")
@@ -81,8 +81,7 @@ def _domains(
         if prebuilt is not None and prebuilt.get(domain) is not None:
             made[domain] = prebuilt[domain]
         elif clean is not None:
-            if domain[0] not in CORRUPTIONS:
-                raise ConfigError(f"unknown corruption {domain[0]!r}; known: {', '.join(CORRUPTIONS)}")
+            get_corruption(domain[0])  # an unknown name fails in one line, naming the registered ones
             made[domain] = corrupt_dataset(clean, domain[0], domain[1], corruption_seed, params, chunk_size, device,
                                            frost_dir)
         else:

@@ -1,4 +1,4 @@
-"""The corruption engine: the 15 ImageNet-C corruptions, batched, in PyTorch, on CPU or GPU.
+"""The corruption engine: the 15 ImageNet-C corruptions and the 4 held-out ones, batched, in PyTorch, on CPU or GPU.
 
 Ported from the generators of the released data, hendrycks/robustness
 ``ImageNet-C/create_c/make_imagenet_c.py`` and ``make_cifar_c.py`` (Hendrycks & Dietterich,
@@ -7,7 +7,11 @@ Ported from the generators of the released data, hendrycks/robustness
 parameter tables are here (``params="imagenet"`` / ``"cifar"``). No OpenCV, scikit-image,
 ImageMagick or per-image PIL calls: every corruption is a function of a batch tensor and a
 ``torch.Generator``. What differs from the originals is listed in each family's module
-(motion/snow kernels, glass-blur shuffling, JPEG in torch, frost textures).
+(motion/snow kernels, glass-blur shuffling, JPEG in torch, frost textures, spatter's OpenCV steps).
+
+``CORRUPTIONS`` is the standard 15 (the default stream); ``HELD_OUT_CORRUPTIONS`` the four released
+beside them for hyperparameter selection (speckle_noise, gaussian_blur, spatter, saturate), which no
+default stream uses.
 
 Use::
 
@@ -18,13 +22,19 @@ Use::
 A new corruption is one function registered with ``@register_corruption("name")``.
 """
 
-from fluxbench.streams.corruptions import blur, digital, frost, jpeg, noise, weather  # noqa: F401  (register)
+from fluxbench.streams.corruptions import blur, digital, frost, jpeg, noise, spatter, weather  # noqa: F401  (register)
 from fluxbench.streams.corruptions.apply import chunk_seed, corrupt, corrupt_dataset, to_uint8
 from fluxbench.streams.corruptions.frost import FROST_FILES, FROST_SOURCE
 from fluxbench.streams.corruptions.params import PARAM_SETS
-from fluxbench.streams.corruptions.registry import CORRUPTIONS, get_corruption, list_corruptions, register_corruption
+from fluxbench.streams.corruptions.registry import (
+    CORRUPTIONS,
+    HELD_OUT_CORRUPTIONS,
+    get_corruption,
+    list_corruptions,
+    register_corruption,
+)
 
 __all__ = [
-    "CORRUPTIONS", "FROST_FILES", "FROST_SOURCE", "PARAM_SETS", "chunk_seed", "corrupt", "corrupt_dataset",
-    "get_corruption", "list_corruptions", "register_corruption", "to_uint8",
+    "CORRUPTIONS", "FROST_FILES", "FROST_SOURCE", "HELD_OUT_CORRUPTIONS", "PARAM_SETS", "chunk_seed", "corrupt",
+    "corrupt_dataset", "get_corruption", "list_corruptions", "register_corruption", "to_uint8",
 ]

@@ -1,4 +1,4 @@
-"""Blur corruptions: defocus, glass, motion and zoom.
+"""Blur corruptions: defocus, glass, motion, zoom and the held-out gaussian blur.
 
 Ported from hendrycks/robustness ``make_imagenet_c.py`` / ``make_cifar_c.py``. Differences:
 
@@ -106,3 +106,10 @@ def zoom_blur(x: torch.Tensor, severity: int, generator: torch.Generator, params
     for zoom in zooms:
         out += zoom_crop(x, zoom)
     return (out / (len(zooms) + 1)).clamp_(0, 1).contiguous()
+
+
+@register_corruption("gaussian_blur")
+def gaussian_blur(x: torch.Tensor, severity: int, generator: torch.Generator, params: str) -> torch.Tensor:
+    """Held out: skimage's ``gaussian(sigma=c)`` per channel (edge pixels repeated, truncated at 4 sigma)."""
+    sigma = severity_params("gaussian_blur", severity, params)
+    return gaussian_filter(x, sigma).clamp_(0, 1)

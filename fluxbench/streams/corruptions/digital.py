@@ -1,10 +1,13 @@
-"""Digital corruptions: contrast, elastic transform, pixelate (JPEG lives in :mod:`.jpeg`).
+"""Digital corruptions: contrast, elastic transform, pixelate and the held-out saturate (JPEG lives in :mod:`.jpeg`).
 
 Ported from hendrycks/robustness ``make_imagenet_c.py`` / ``make_cifar_c.py`` (the
 generators of the released data; ``imagecorruptions`` re-parameterises elastic, we do
 not). Differences: OpenCV's ``warpAffine`` and scipy's ``map_coordinates`` become two
 ``grid_sample`` calls with the same border rules (reflect-101, then half-sample
-symmetric); Pillow's ``BOX`` resampling is reproduced as matrices (``pil_box_matrix``).
+symmetric); Pillow's ``BOX`` resampling is reproduced as matrices (``pil_box_matrix``); saturate's
+``rgb2hsv``, ``S = clip(a * S + b)``, ``hsv2rgb`` is computed in closed form (hue and value kept, every
+channel moved along ``V - S' * (V - x) / S``), which is the same function; a grey pixel has skimage's hue 0
+(red), so ``b > 0`` tints it red as there. One channel (no hue): the luma of that RGB result.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from fluxbench.streams.corruptions.ops import gaussian_filter, pil_box_matrix, uniform
+from fluxbench.streams.corruptions.ops import gaussian_filter, pil_box_matrix, to_gray, uniform
 from fluxbench.streams.corruptions.params import severity_params
 from fluxbench.streams.corruptions.registry import register_corruption
 
@@ -78,3 +81,19 @@ def pixelate(x: torch.Tensor, severity: int, generator: torch.Generator, params:
     down_w, up_w = _pixelate_matrices(w, factor, str(x.device))
     small = torch.matmul(torch.matmul(down_h.to(x.dtype), x), down_w.T.to(x.dtype))
     return torch.matmul(torch.matmul(up_h.to(x.dtype), small), up_w.T.to(x.dtype)).clamp_(0, 1)
+
+
+@register_corruption("saturate")
+def saturate(x: torch.Tensor, severity: int, generator: torch.Generator, params: str) -> torch.Tensor:
+    """Held out: the HSV saturation scaled and shifted, ``S' = clip(a * S + b, 0, 1)``."""
+    factor, offset = severity_params("saturate", severity, params)
+    rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    value = rgb.amax(dim=1, keepdim=True)
+    spread = value - rgb.amin(dim=1, keepdim=True)
+    sat = torch.where(value > 0, spread / value.clamp(min=1e-12), torch.zeros_like(value))
+    new_sat = (sat * factor + offset).clamp(0, 1)
+    # (V - x) / (V - min) is the channel's place between max and min; grey pixels take hue 0: R = V, G = B = min
+    grey_place = torch.tensor([0.0, 1.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    place = torch.where(spread > 0, (value - rgb) / spread.clamp(min=1e-12), grey_place)
+    out = (value - value * new_sat * place).clamp_(0, 1)
+    return to_gray(out) if x.shape[1] == 1 else out

@@ -1,4 +1,4 @@
-"""Noise corruptions: gaussian, shot (Poisson) and impulse (salt and pepper).
+"""Noise corruptions: gaussian, shot (Poisson), impulse (salt and pepper) and the held-out speckle.
 
 Ported from hendrycks/robustness ``make_imagenet_c.py`` / ``make_cifar_c.py``; impulse
 noise follows skimage's ``random_noise(mode="s&p")``: every value (each channel on its
@@ -32,3 +32,11 @@ def impulse_noise(x: torch.Tensor, severity: int, generator: torch.Generator, pa
     hit = torch.rand(x.shape, generator=generator, device=x.device) <= amount
     salt = torch.rand(x.shape, generator=generator, device=x.device) <= 0.5
     return torch.where(hit, salt.to(x.dtype), x)
+
+
+@register_corruption("speckle_noise")
+def speckle_noise(x: torch.Tensor, severity: int, generator: torch.Generator, params: str) -> torch.Tensor:
+    """Held out: multiplicative noise, ``x + x * N(0, c)`` (one draw per value, as gaussian_noise draws)."""
+    sigma = severity_params("speckle_noise", severity, params)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x + x * sigma * noise).clamp_(0, 1)

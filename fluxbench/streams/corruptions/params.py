@@ -1,4 +1,4 @@
-"""Severity parameters of the 15 corruptions, as published.
+"""Severity parameters of the 15 corruptions and the 4 held-out ones, as published.
 
 ``imagenet`` is the table of ``make_imagenet_c.py`` (224 px) and ``cifar`` the table of
 ``make_cifar_c.py`` (32 px), both from hendrycks/robustness (``ImageNet-C/create_c``).
@@ -48,6 +48,18 @@ IMAGENET: dict[str, list] = {
     ],
     "pixelate": [0.6, 0.5, 0.4, 0.3, 0.25],
     "jpeg_compression": [25, 18, 15, 10, 7],
+    # the held-out four
+    "speckle_noise": [0.15, 0.2, 0.35, 0.45, 0.6],
+    "gaussian_blur": [1, 2, 3, 4, 6],
+    # (loc, scale, sigma, threshold, intensity or mud sigma, mud?)
+    "spatter": [
+        (0.65, 0.3, 4, 0.69, 0.6, 0),
+        (0.65, 0.3, 3, 0.68, 0.6, 0),
+        (0.65, 0.3, 2, 0.68, 0.5, 0),
+        (0.65, 0.3, 1, 0.65, 1.5, 1),
+        (0.67, 0.4, 1, 0.65, 1.5, 1),
+    ],
+    "saturate": [(0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)],  # (S factor, S offset)
 }
 
 CIFAR: dict[str, list] = {
@@ -78,6 +90,16 @@ CIFAR: dict[str, list] = {
     ],
     "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],
     "jpeg_compression": [80, 65, 58, 50, 40],
+    "speckle_noise": [0.06, 0.1, 0.12, 0.16, 0.2],
+    "gaussian_blur": [0.4, 0.6, 0.7, 0.8, 1],
+    "spatter": [
+        (0.62, 0.1, 0.7, 0.7, 0.5, 0),
+        (0.65, 0.1, 0.8, 0.7, 0.5, 0),
+        (0.65, 0.3, 1, 0.69, 0.5, 0),
+        (0.65, 0.1, 0.7, 0.69, 0.6, 1),
+        (0.65, 0.1, 0.5, 0.68, 0.6, 1),
+    ],
+    "saturate": [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)],
 }
 
 # frost texture scale: the CIFAR generator shrinks the frost photos by 0.2 before cropping

@@ -27,6 +27,10 @@ CORRUPTIONS: tuple[str, ...] = (
     "contrast", "elastic_transform", "pixelate", "jpeg_compression",
 )
 
+# The four held-out corruptions released beside them (ImageNet-C ``extra.tar``, CIFAR-10-C's extra files), meant
+# for choosing hyperparameters without touching the 15; never part of the standard stream.
+HELD_OUT_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+
 _CORRUPTIONS: dict[str, Corruption] = {}
 
 
@@ -41,8 +45,10 @@ def register_corruption(name: str) -> Callable[[Corruption], Corruption]:
 
 
 def list_corruptions(pattern: str = "*") -> list[str]:
-    """Registered names matching ``pattern``: the standard 15 in their standard order, then any others sorted."""
-    names = [n for n in CORRUPTIONS if n in _CORRUPTIONS] + sorted(set(_CORRUPTIONS) - set(CORRUPTIONS))
+    """Registered names matching ``pattern``: the standard 15 in their standard order, the 4 held-out ones, then any
+    others sorted."""
+    known = CORRUPTIONS + HELD_OUT_CORRUPTIONS
+    names = [n for n in known if n in _CORRUPTIONS] + sorted(set(_CORRUPTIONS) - set(known))
     return [n for n in names if fnmatch.fnmatch(n, pattern)]
 
 
