@@ -257,3 +257,26 @@ def test_migu_keeps_more_of_the_first_task_than_finetune(seed):
     migu, finetune = retention_on_two_tasks("migu", seed), retention_on_two_tasks("finetune", seed)
     assert migu["cosine"] > finetune["cosine"] + 0.05
     assert migu["ncm"] > finetune["ncm"]
+
+
+def test_hook_coverage_lists_the_attention_projections_of_both_towers_of_the_tiny_clip():
+    """open_clip's blocks use nn.MultiheadAttention: hooks on out_proj never fire there, the tracker's MHA hook does."""
+    import open_clip
+
+    from fluxbench.backbones import tiny_clip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(tiny_clip.register_config(), pretrained=None).train()
+    tokens = open_clip.get_tokenizer(tiny_clip.MODEL_NAME)(["a photo of the number: seven"] * 2)
+    tracker = MagnitudeTracker(model)
+    tracker.active = True
+    image, text, scale = model(torch.rand(2, 3, 32, 32), tokens)
+    (image @ text.T * scale).sum().backward()
+    fired = set(tracker.fired())
+    blocks = [f"visual.transformer.resblocks.{i}" for i in range(len(model.visual.transformer.resblocks))]
+    blocks += [f"transformer.resblocks.{i}" for i in range(len(model.transformer.resblocks))]
+    for block in blocks:
+        assert {f"{block}.attn.in_proj", f"{block}.attn.out_proj", f"{block}.mlp.c_fc", f"{block}.mlp.c_proj"} <= fired
+    kept = tracker.mask_gradients(0.7)
+    attn = model.transformer.resblocks[0].attn
+    assert torch.equal((attn.in_proj_weight.grad != 0).any(1), kept["transformer.resblocks.0.attn.in_proj"])
