@@ -16,8 +16,10 @@ from fluxbench.errors import ConfigError, DataError
 from fluxbench.methods.registry import get_method, list_methods, validate_hyperparameters
 from fluxbench.protocols.setup import prepare_backbone, resolve_device
 
-PROTOCOL_FOR_KIND = {"supervised": "conventional or two_phase", "tta": "online_tta"}
-KIND_WORD = {"supervised": "supervised (continual-learning)", "tta": "test-time"}
+PROTOCOL_FOR_KIND = {"supervised": "conventional or two_phase", "tta": "online_tta",
+                     "pretraining": "continual_pretraining"}
+KIND_WORD = {"supervised": "supervised (continual-learning)", "tta": "test-time",
+             "pretraining": "continual-pretraining"}
 
 
 def check_method_kind(cfg: Mapping[str, Any], kind: str) -> None:
