@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -53,6 +53,9 @@ def step_flops(method: Any, images: torch.Tensor, tokens: torch.Tensor) -> float
 def step_memory(method: Any, images: torch.Tensor, tokens: torch.Tensor, amp: bool) -> float:
     """Bytes one training step of ``method`` needs: the CUDA peak, or the CPU proxy (module docstring)."""
     probe = copy.deepcopy(method).train()
+    # copies a method keeps beside the trained model (a merge's running weights) sit outside the step: the
+    # release counts merges at multiplier 1
+    extra = _bytes(probe.parameters()) - _bytes(probe.model.parameters())
     if images.device.type == "cuda":
         torch.cuda.synchronize(images.device)
         torch.cuda.reset_peak_memory_stats(images.device)
@@ -60,7 +63,7 @@ def step_memory(method: Any, images: torch.Tensor, tokens: torch.Tensor, amp: bo
         forward_backward(probe, images, tokens, amp)
         opt.step()
         torch.cuda.synchronize(images.device)
-        return float(torch.cuda.max_memory_allocated(images.device))
+        return float(torch.cuda.max_memory_allocated(images.device)) - extra
     saved = [0]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -69,9 +72,12 @@ def step_memory(method: Any, images: torch.Tensor, tokens: torch.Tensor, amp: bo
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         forward_backward(probe, images, tokens, amp=False)
-    params = sum(p.numel() * p.element_size() for p in probe.parameters())
-    trainable = sum(p.numel() * p.element_size() for p in probe.parameters() if p.requires_grad)
-    return float(params + 3 * trainable + saved[0])
+    trainable = _bytes(p for p in probe.model.parameters() if p.requires_grad)
+    return float(_bytes(probe.model.parameters()) + 3 * trainable + saved[0])
+
+
+def _bytes(params: Iterable[torch.Tensor]) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
 
 
 def derive_budget(method: Any, reference: Any, images: torch.Tensor, tokens: torch.Tensor,

@@ -68,4 +68,5 @@ def score(model: Any, reader: FifReader, adapt: Sequence[str], evaluate: Sequenc
     model.train(was_training)
     ka = float(np.mean([per[n] for n in adapt])) if adapt else float("nan")
     zs = float(np.mean([per[n] for n in evaluate])) if evaluate else float("nan")
-    return {**{f"acc.{n}": v for n, v in per.items()}, "A_KA": ka, "A_ZS": zs, "gmean": math.sqrt(max(ka, 0) * max(zs, 0))}
+    gmean = math.sqrt(max(ka, 0) * max(zs, 0))
+    return {**{f"acc.{n}": v for n, v in per.items()}, "A_KA": ka, "A_ZS": zs, "gmean": gmean}
