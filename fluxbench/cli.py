@@ -101,7 +101,9 @@ def run_command(args: list[str]) -> dict[str, Any] | None:
     from omegaconf import DictConfig, OmegaConf
 
     import fluxbench.methods  # noqa: F401  (registers in-tree methods)
+    from fluxbench.protocols import with_protocol_defaults
 
+    args = with_protocol_defaults(args)
     install_interrupt_handlers()
     check_group_choices([a for a in args if not a.startswith("-")])
     register_plugin_configs()

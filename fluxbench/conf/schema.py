@@ -117,6 +117,45 @@ class MtilSchema:
     test_limit: int | None = None
 
 
+@dataclass
+class MixtureSchema:
+    pretraining: float = 0.33
+    update: float = 0.34
+    buffer: float = 0.33
+
+
+@dataclass
+class BudgetSchema:
+    steps_per_task: int = 20  # full fine-tuning's steps per task: the budget is these steps' MAFs
+    gmafs_per_task: float | None = None  # an explicit budget in GFLOPs x memory multiplier (wins over steps)
+
+
+@dataclass
+class CptSchedulerSchema:
+    name: str = "cosine_with_linear_warmup"
+    warmup: float = 0.1
+    min_factor: float = 0.001
+
+
+@dataclass
+class CptEvalSchema:
+    fraction: float = 0.1
+    min_samples: int = 300
+    min_per_class: int = 2
+
+
+@dataclass
+class ContinualPretrainingSchema:
+    name: str = "continual_pretraining"
+    num_seeds: int = 1
+    batch_size: int = 32
+    data_mixture: MixtureSchema = field(default_factory=MixtureSchema)
+    budget: BudgetSchema = field(default_factory=BudgetSchema)
+    scheduler: CptSchedulerSchema = field(default_factory=CptSchedulerSchema)
+    grad_clip: float = 1.0
+    eval: CptEvalSchema = field(default_factory=CptEvalSchema)
+
+
 SCHEMAS = {
     (None, "root_schema"): RootSchema,
     ("tracking", "tracking_schema"): TrackingSchema,
@@ -125,6 +164,7 @@ SCHEMAS = {
     ("protocol", "online_tta_schema"): OnlineTTASchema,
     ("protocol", "preference_schema"): PreferenceSchema,
     ("protocol", "mtil_schema"): MtilSchema,
+    ("protocol", "continual_pretraining_schema"): ContinualPretrainingSchema,
 }
 
 

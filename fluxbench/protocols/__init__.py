@@ -9,6 +9,7 @@ from typing import Any
 from fluxbench.errors import ConfigError
 
 PROTOCOLS = {
+    "continual_pretraining": "fluxbench.protocols.continual_pretraining",
     "conventional": "fluxbench.protocols.conventional",
     "mtil": "fluxbench.protocols.mtil",
     "online_tta": "fluxbench.protocols.online_tta",
@@ -21,3 +22,17 @@ def get_protocol(name: str) -> Callable[..., dict[str, Any]]:
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {name!r}; known: {', '.join(sorted(PROTOCOLS))}")
     return import_module(PROTOCOLS[name]).run
+
+
+# the config groups a protocol picks when the command line does not name them (Hydra cannot let a group option
+# override another group's default): continual pretraining needs a CLIP, an image-text benchmark, its own methods
+PROTOCOL_DEFAULTS = {
+    "continual_pretraining": {"benchmark": "fomo_digits", "backbone": "tiny_clip", "method": "cpt_finetune"},
+}
+
+
+def with_protocol_defaults(args: list[str]) -> list[str]:
+    """``args`` plus ``group=option`` for each of the chosen protocol's defaults the command line leaves open."""
+    chosen = {a.partition("=")[0].lstrip("+~"): a.partition("=")[2] for a in args if "=" in a}
+    extra = PROTOCOL_DEFAULTS.get(chosen.get("protocol", ""), {})
+    return [*args, *(f"{group}={option}" for group, option in extra.items() if group not in chosen)]

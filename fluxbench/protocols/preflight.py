@@ -16,8 +16,10 @@ from fluxbench.errors import ConfigError, DataError
 from fluxbench.methods.registry import get_method, list_methods, validate_hyperparameters
 from fluxbench.protocols.setup import prepare_backbone, resolve_device
 
-PROTOCOL_FOR_KIND = {"supervised": "conventional or two_phase", "tta": "online_tta", "clip": "mtil"}
-KIND_WORD = {"supervised": "supervised (continual-learning)", "tta": "test-time", "clip": "CLIP (multimodal)"}
+PROTOCOL_FOR_KIND = {"supervised": "conventional or two_phase", "tta": "online_tta", "clip": "mtil",
+                     "pretraining": "continual_pretraining"}
+KIND_WORD = {"supervised": "supervised (continual-learning)", "tta": "test-time", "clip": "CLIP (multimodal)",
+             "pretraining": "continual-pretraining"}
 
 
 def check_method_kind(cfg: Mapping[str, Any], kind: str) -> None:

@@ -144,6 +144,8 @@ def _run(cfg: Mapping[str, Any], seed: int, key: str, loop: SeedLoop, tracker: T
         metrics.update(wall_time_s=time.perf_counter() - began, peak_memory_mb=peak_memory_mb(ctx.device),
                        **method.cost())
         tracker.log_seed_result(run, metrics, matrix, sizes)
+        for path, text in getattr(loop, "artifacts", lambda s, p: {})(stream, partial).items():
+            tracker.log_text(run, text, path)  # a loop's own tables (continual pretraining: dataset x task)
         tracker.end(run)
     ckpt.clear()
     return run.run_id

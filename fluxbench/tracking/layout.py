@@ -31,6 +31,7 @@ GIT_TAG = "git_commit"
 FINGERPRINT_TAG = "data_fingerprint.{role}"  # .format(role="tuning" | "evaluation")
 SELECTED_TAG = "selected.{name}"  # two_phase: a selected hyperparameter value
 PRESET_TAG = "fluxbench.preset"  # the conf/experiment/ preset a parent run reproduces (fluxbench reproduce)
+DEVIATION_TAG = "fluxbench.deviation"  # a run that departs from its spec says how (continual pretraining: no pool)
 REPRODUCE_TAG = "fluxbench.reproduce"  # JSON: the preset's metric, published figure (%), tolerance, source
 
 # -- values --------------------------------------------------------------------------------
@@ -44,6 +45,7 @@ MATRIX_ARTIFACT = "accuracy_matrix.csv"  # R[i, j] of a class-incremental seed r
 MANIFEST_ARTIFACT = "stream_manifest.json"  # the exact stream of a seed run
 PREFERENCES_ARTIFACT = "preferences.json"  # protocol=preference: the preferences asked after each task (parent run)
 PREFERENCE_ACCURACIES_ARTIFACT = "preference_accuracies.json"  # every sampled model's per-task accuracy (seed run)
+DATASET_TASK_ARTIFACT = "dataset_task_accuracy.csv"  # continual pretraining: score per dataset after each task
 FAILURE_ARTIFACT = "failure.txt"  # the traceback of a run that failed on a bug (not a user error)
 
 # -- metrics -------------------------------------------------------------------------------
