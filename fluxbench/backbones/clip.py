@@ -9,6 +9,7 @@ downloads; ``hf-hub:`` model names are refused.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -134,9 +135,27 @@ def _tag_cfg(name: str, tag: str) -> dict:
     return cfg
 
 
+class _NoRandomInitWarning(logging.Filter):
+    """open_clip warns "No pretrained weights loaded ... initialized randomly" when ``pretrained=None``; fluxbench
+    always loads its weights itself right after, so the line would only mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def create_open_clip(name: str, **kwargs: Any) -> nn.Module:
+    """``open_clip.create_model(name, pretrained=None)`` without its misleading random-init warning."""
+    quiet = _NoRandomInitWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        return open_clip.create_model(name, pretrained=None, **kwargs)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
 def _create(name: str, weights: Path | None, kwargs: dict) -> nn.Module:
     try:
-        model = open_clip.create_model(name, pretrained=None, **kwargs)
+        model = create_open_clip(name, **kwargs)
         if weights is not None:
             open_clip.load_checkpoint(model, str(weights))
     except LOAD_ERRORS as err:

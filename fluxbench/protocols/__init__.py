@@ -25,9 +25,14 @@ def get_protocol(name: str) -> Callable[..., dict[str, Any]]:
 
 
 # the config groups a protocol picks when the command line does not name them (Hydra cannot let a group option
-# override another group's default): continual pretraining needs a CLIP, an image-text benchmark, its own methods
+# override another group's default): continual pretraining and MTIL need a CLIP, an image-text benchmark and
+# their own methods; the test-time protocols a corrupted benchmark; the preference protocol binary tasks
 PROTOCOL_DEFAULTS = {
     "continual_pretraining": {"benchmark": "fomo_digits", "backbone": "tiny_clip", "method": "cpt_finetune"},
+    "mtil": {"benchmark": "fomo_digits", "backbone": "tiny_clip", "method": "codyra"},
+    "online_tta": {"benchmark": "digits_c", "method": "tent"},
+    "two_phase_tta": {"benchmark": "digits_c", "method": "tent"},
+    "preference": {"benchmark": "digits_pairs", "method": "ibcl"},
 }
 
 
