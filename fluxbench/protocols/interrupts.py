@@ -38,6 +38,11 @@ def install() -> None:
         signal.signal(sig, _raise)
 
 
+def stopping() -> bool:
+    """Whether a signal has already been turned into :class:`Interrupted` in this process."""
+    return _state["stopping"]
+
+
 def exit_status(err: BaseException) -> int:
     """The shell's convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
     return 128 + getattr(err, "signum", signal.SIGINT)

@@ -1,7 +1,10 @@
 """Worker processes for trials and seeds: spawned, sharing the cores, and never outliving the call.
 
 - Each worker asks the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), so ``kill -9`` of
-  the parent leaves no orphan: the worker's own handler marks its open runs KILLED, then it exits.
+  the parent leaves no orphan: the worker's own handler marks its open runs KILLED, then it exits. A watchdog
+  thread makes sure of it: an orphaned worker signals itself (where the kernel cannot) and, if closing its runs
+  has not ended it within ``_ORPHAN_GRACE_S`` (a worker idle between tasks, a store that does not answer),
+  leaves at once; a trial left RUNNING that way is re-queued by the next call.
 - When the parent is interrupted (SIGINT, SIGTERM), :meth:`WorkerPool.close` sends SIGTERM to every
   worker and waits for them to close their runs before it returns.
 """
@@ -11,15 +14,19 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
 
-from fluxbench.protocols.interrupts import Interrupted, install
+from fluxbench.protocols.interrupts import Interrupted, install, stopping
 
 _PR_SET_PDEATHSIG = 1
 _CLOSE_TIMEOUT_S = 60.0
+_ORPHAN_GRACE_S = 20.0
+_WATCH_EVERY_S = 0.5
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -31,9 +38,19 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(_WATCH_EVERY_S)
+    if not stopping():  # the kernel's PDEATHSIG may already be closing the runs
+        os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(_ORPHAN_GRACE_S)
+    os._exit(1)
+
+
 def _init_worker(parent_pid: int, threads: int) -> None:
     _die_with_parent(parent_pid)
     install()
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="fluxbench-orphan-watch", daemon=True).start()
     import torch
 
     import fluxbench.methods  # noqa: F401  (registers in-tree methods)
