@@ -226,3 +226,24 @@ def test_a_read_only_working_directory_is_one_line(tmp_path):
         tmp_path.chmod(0o755)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and "read-only" in out.stderr
+
+
+ORPHAN = """
+import os, signal, threading, time
+from fluxbench.protocols import workers
+workers._ORPHAN_GRACE_S = 1.0
+if os.fork() == 0:  # a worker stuck so that SIGTERM does nothing: only the watchdog can end it
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(os.getpid(), flush=True)
+    threading.Thread(target=workers._watch_parent, args=(os.getppid(),), daemon=True).start()
+    time.sleep(3600)
+else:
+    time.sleep(1.0)
+    os._exit(0)  # the parent dies without closing anything, as under kill -9
+"""
+
+
+def test_an_orphaned_worker_that_ignores_sigterm_still_exits_after_the_grace_period():
+    out = subprocess.run([sys.executable, "-c", ORPHAN], capture_output=True, text=True, timeout=60)
+    worker = int(out.stdout.split()[0])
+    wait_for(lambda: not alive(worker), timeout=30, what="the orphaned worker to exit")
