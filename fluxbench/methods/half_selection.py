@@ -1,10 +1,16 @@
-"""HFT's parameter categories on a timm ViT, and the draw that freezes half of each group of them.
+"""HFT's parameter categories on a timm ViT or open_clip towers, and the draw that freezes half of each group.
 
 specs/hft.md sections 2 and 5: per block, attention {q, k, v, proj} (freeze 2), MLP {fc1, fc2} (freeze 1),
 norms {norm1, norm2} (freeze 1); a bias follows its weight. To make q, k and v separately freezable, the
 fused ``attn.qkv`` Linear is replaced by :class:`SplitQKV`, three Linears with the same output layout
 (the spec's first mapping; with {qkv, proj} as two categories the frozen share of a block would range
 from 37 % to 63 % by parameter count on the tiny ViT, since qkv is three times proj).
+
+open_clip's ResidualAttentionBlock (:func:`open_clip_categories`, per tower, spec section 5 "CLIP: apply per
+tower"): attention {q, k, v, out_proj}, MLP {c_fc, c_proj}, norms {ln_1, ln_2}. Its ``nn.MultiheadAttention``
+keeps q, k, v in one ``in_proj_weight`` Parameter, which ``requires_grad`` cannot split, so
+:func:`split_in_projection` turns it into three parameter holders whose concatenation *is* the fused weight
+(bit-identical forward). ``split_qkv=False`` keeps {in_proj, out_proj} as the two attention categories.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch
 from torch import nn
 
 from fluxbench.errors import ConfigError
+from fluxbench.peft.sites import find_tower
 
 
 class SplitQKV(nn.Module):
@@ -33,6 +40,43 @@ class SplitQKV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+
+
+class SplitInProjection(nn.MultiheadAttention):
+    """An ``nn.MultiheadAttention`` whose in-projection lives in ``q``, ``k``, ``v`` (Linears used only as holders
+    of a weight and bias): ``in_proj_weight`` / ``in_proj_bias`` are their concatenations, so the stock forward
+    (``F.multi_head_attention_forward``) runs unchanged and gradients reach each third separately."""
+
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+
+    @property
+    def in_proj_weight(self) -> torch.Tensor:  # type: ignore[override]
+        return torch.cat([self.q.weight, self.k.weight, self.v.weight])
+
+    @property
+    def in_proj_bias(self) -> torch.Tensor | None:  # type: ignore[override]
+        return None if self.q.bias is None else torch.cat([self.q.bias, self.k.bias, self.v.bias])
+
+
+def split_in_projection(mha: nn.MultiheadAttention) -> SplitInProjection:
+    """Turn ``mha`` in place into a :class:`SplitInProjection` with the same values (a no-op if it is one)."""
+    if isinstance(mha, SplitInProjection):
+        return mha
+    if not mha._qkv_same_embed_dim or mha.bias_k is not None:
+        raise ConfigError("HFT's q/k/v split needs nn.MultiheadAttention with one fused in-projection and no bias_k")
+    weight, bias = mha._parameters.pop("in_proj_weight"), mha._parameters.pop("in_proj_bias")
+    mha.__class__ = SplitInProjection  # the class swap keeps out_proj, dropout, batch_first and every hook
+    d = mha.embed_dim
+    for i, name in enumerate("qkv"):
+        part = nn.Linear(d, d, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            part.weight.copy_(weight[i * d:(i + 1) * d])
+            if bias is not None:
+                part.bias.copy_(bias[i * d:(i + 1) * d])
+        setattr(mha, name, part)
+    return mha  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -71,9 +115,37 @@ def timm_categories(model: nn.Module, vit_path: str, split_qkv: bool = True,
     return cats
 
 
+def open_clip_categories(model: nn.Module, split_qkv: bool = True) -> list[Category]:
+    """The categories of every ResidualAttentionBlock of both towers of a ClipBackbone or open_clip CLIP.
+
+    With ``split_qkv`` each block's attention is turned into a :class:`SplitInProjection` in place.
+    """
+    paths = {id(m): n for n, m in model.named_modules()}
+    cats = []
+    for tower_name in ("visual", "text"):
+        blocks = find_tower(model, tower_name).container
+        for i, block in enumerate(blocks):
+            if not all(hasattr(block, a) for a in ("attn", "ln_1", "ln_2")) or not hasattr(block.mlp, "c_fc"):
+                raise ConfigError(f"HFT on CLIP needs open_clip ResidualAttentionBlocks; got {type(block).__name__}")
+            if not isinstance(block.attn, nn.MultiheadAttention):
+                raise ConfigError(f"HFT on CLIP needs nn.MultiheadAttention blocks; got {type(block.attn).__name__}")
+            if split_qkv:
+                split_in_projection(block.attn)
+            p = f"{paths[id(blocks)]}.{i}"
+            attn = [f"{p}.attn.{x}" for x in "qkv"] if split_qkv else [f"{p}.attn.in_proj"]
+            groups = {"attn": [*attn, f"{p}.attn.out_proj"], "mlp": [f"{p}.mlp.c_fc", f"{p}.mlp.c_proj"],
+                      "norm": [f"{p}.ln_1", f"{p}.ln_2"]}
+            cats += [Category(n, f"block.{tower_name}{i}.{g}") for g, names in groups.items() for n in names]
+    return cats
+
+
 def category_parameters(model: nn.Module, cat: Category) -> list[nn.Parameter]:
-    """The tensors of a category: a module's parameters, or (pos_embed) the position and class tokens."""
+    """The tensors of a category: a module's parameters, or (pos_embed) the position and class tokens, or
+    (in_proj) an ``nn.MultiheadAttention``'s fused in-projection weight and bias."""
     parent, _, leaf = cat.name.rpartition(".")
+    if leaf == "in_proj":
+        owner = model.get_submodule(parent)
+        return [p for p in (owner.in_proj_weight, owner.in_proj_bias) if p is not None]
     if leaf == "pos_embed":
         owner = model.get_submodule(parent)
         return [p for p in (owner.pos_embed, getattr(owner, "cls_token", None)) if p is not None]

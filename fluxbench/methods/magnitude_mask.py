@@ -183,7 +183,20 @@ class MagnitudeTracker:
         """``(parameter, its rows that keep their update)`` for every tensor of ``site``."""
         return [(param, keep[units]) for param, units in site.targets]
 
+    def hold_masked(self, kept: dict[str, torch.Tensor]) -> list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]:
+        """``(weight, masked rows, their values)`` before an optimiser step, for :func:`restore` after it (the
+        strict variant: momentum and weight decay would otherwise keep moving the masked rows)."""
+        return [(w, ~keep, w.detach()[~keep].clone()) for name, k in kept.items()
+                for w, keep in self.targets(self.sites[name], k)]
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+@torch.no_grad()
+def restore(held: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]) -> None:
+    """Put the rows :meth:`MagnitudeTracker.hold_masked` recorded back where they were."""
+    for weight, rows, values in held:
+        weight[rows] = values

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from fluxbench.methods.base import ClassifierModel, check_choice, check_range
-from fluxbench.methods.magnitude_mask import SELECTIONS, MagnitudeTracker
+from fluxbench.methods.magnitude_mask import SELECTIONS, MagnitudeTracker, restore
 from fluxbench.methods.registry import register_method
 from fluxbench.methods.training import SupervisedMethod, TrainingHparams
 from fluxbench.peft import attach
@@ -90,18 +90,12 @@ class Migu(SupervisedMethod):
             return
         self.last_kept = self.tracker.mask_gradients(self.hparams.threshold, self.hparams.selection)
         if self.hparams.variant == "strict":
-            self._held = [(w, ~keep, w.detach()[~keep].clone()) for w, keep in self._kept_weights()]
+            self._held = self.tracker.hold_masked(self.last_kept)
 
     def after_step(self, exp: Experience) -> None:
-        with torch.no_grad():
-            for weight, rows, values in self._held:  # strict: the masked rows end the step where they began
-                weight[rows] = values
+        restore(self._held)  # strict: the masked rows end the step where they began
         self._held = []
 
     def after_experience(self, exp: Experience) -> None:
         self.tracker.active = False
         self.tracker.reset()
-
-    def _kept_weights(self):
-        for name, keep in self.last_kept.items():
-            yield from self.tracker.targets(self.tracker.sites[name], keep)

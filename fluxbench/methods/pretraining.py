@@ -8,7 +8,10 @@ protocol calls, per task ``t``::
 
     method.begin_task(t)
     for each of the task's steps:   loss = method.loss(images, tokens)   # images in [0, 1], NCHW
+                                    backward; method.before_optimizer_step(); clip; AdamW step;
+                                    method.after_optimizer_step()
     method.end_task(t)                                                   # merges, Fisher, ...
+    method.task_metrics()                                                # logged as step.<key> of task t
     method.evaluation_model()                                            # what is scored after task t
 
 The model is CLIP as :class:`fluxbench.backbones.clip.ClipBackbone` holds it (``model`` is the visual tower,
@@ -81,8 +84,18 @@ class PretrainingMethod(Method):
     def begin_task(self, index: int) -> None:
         """Called before task ``index`` (0-based) trains."""
 
+    def before_optimizer_step(self) -> None:
+        """Called after each step's backward, before clipping and the optimiser step (gradient masks go here)."""
+
+    def after_optimizer_step(self) -> None:
+        """Called right after each optimiser step."""
+
     def end_task(self, index: int) -> None:
         """Called after task ``index`` trained, before it is evaluated (merges happen here)."""
+
+    def task_metrics(self) -> dict[str, float]:
+        """Numbers about the task just trained, logged by the protocol as ``step.<key>``; none by default."""
+        return {}
 
     def end_task_flops(self) -> float:
         """FLOPs of :meth:`end_task` beyond the steps (EWC's Fisher...), charged to the task's budget."""

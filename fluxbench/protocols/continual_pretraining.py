@@ -117,6 +117,7 @@ class PretrainingLoop:
             out["step.loss"] = train_task(method, batches, self.budget.steps_per_task, i - 1, self.opts, device,
                                           method.ctx.amp)
             out |= {f"step.batch.{p}": float(sizes[p]) for p in POOLS}
+            out |= {f"step.{k}": float(v) for k, v in method.task_metrics().items()}
         full = i in (0, len(stream))
         subsets = None if full else evaluation.eval_subsets(self.bench.reader, self.datasets, self.opts["eval"],
                                                             self.seed)

@@ -53,9 +53,11 @@ def train_step(method: Any, opt: torch.optim.Optimizer, images: torch.Tensor, to
                grad_clip: float, amp: bool) -> float:
     opt.zero_grad(set_to_none=True)
     loss = forward_backward(method, images, tokens, amp)
+    method.before_optimizer_step()  # the gradients are final; masked before clipping, so the clip sees what moves
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
     opt.step()
+    method.after_optimizer_step()
     method.clamp_logit_scale()
     return float(loss.detach())
 
