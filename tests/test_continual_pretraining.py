@@ -51,8 +51,8 @@ def run_untracked(method: str, *extra: str) -> tuple[dict, list]:
 def test_the_new_kind_is_registered_and_kept_out_of_the_other_protocols():
     kinds = {n: get_method(n).kind for n in list_methods()}
     assert {n for n, k in kinds.items() if k == "pretraining"} >= {"cpt_finetune", "locked_text", "locked_image",
-                                                                   "cpt_lora", "ema_merge", "bitfit",
-                                                                   "lnfit"}
+                                                                   "cpt_lora", "ema_merge", "bitfit", "zs_merge",
+                                                                   "ft_merge", "lnfit"}
     assert kinds["finetune"] == "supervised"  # the supervised finetune keeps its name
     cfg = compose_config("protocol=conventional", "method=ema_merge", "benchmark=fomo_digits", "backbone=tiny_clip")
     with pytest.raises(ConfigError, match="continual_pretraining"):
