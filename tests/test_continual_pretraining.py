@@ -51,7 +51,8 @@ def run_untracked(method: str, *extra: str) -> tuple[dict, list]:
 def test_the_new_kind_is_registered_and_kept_out_of_the_other_protocols():
     kinds = {n: get_method(n).kind for n in list_methods()}
     assert {n for n, k in kinds.items() if k == "pretraining"} >= {"cpt_finetune", "locked_text", "locked_image",
-                                                                   "cpt_lora", "ema_merge"}
+                                                                   "cpt_lora", "ema_merge", "bitfit", "zs_merge",
+                                                                   "ft_merge", "lnfit"}
     assert kinds["finetune"] == "supervised"  # the supervised finetune keeps its name
     cfg = compose_config("protocol=conventional", "method=ema_merge", "benchmark=fomo_digits", "backbone=tiny_clip")
     with pytest.raises(ConfigError, match="continual_pretraining"):
@@ -94,8 +95,9 @@ def test_buffer_samples_come_only_from_earlier_tasks():
                 assert set(batch["buffer"].labels.tolist()) <= earlier
 
 
-def test_budget_gives_lora_and_locked_image_more_steps_than_finetune():
-    steps = {m: run_untracked(m)[0] for m in ("cpt_finetune", "cpt_lora", "locked_image", "ema_merge")}
+def test_budget_gives_peft_and_locked_image_more_steps_than_finetune():
+    methods = ("cpt_finetune", "cpt_lora", "locked_image", "ema_merge", "bitfit", "lnfit")
+    steps = {m: run_untracked(m)[0] for m in methods}
     ft = steps["cpt_finetune"]
     assert ft["budget.steps_per_task"] == 4 and ft["budget.memory_multiplier"] == 1.0
     for name, r in steps.items():
@@ -105,6 +107,10 @@ def test_budget_gives_lora_and_locked_image_more_steps_than_finetune():
     assert steps["cpt_lora"]["budget.steps_per_task"] > 4
     assert steps["locked_image"]["budget.steps_per_task"] > steps["cpt_lora"]["budget.steps_per_task"]
     assert steps["ema_merge"]["budget.memory_multiplier"] == 1.0  # the running merge is not in the step
+    for name in ("bitfit", "lnfit"):  # paper Tab. 4: multiplier 0.66, 3179 steps against finetune's 1420
+        assert steps[name]["budget.memory_multiplier"] < 1.0, name
+        assert steps[name]["budget.gflops_per_step"] < ft["budget.gflops_per_step"], name  # no weight grads
+        assert steps[name]["budget.steps_per_task"] > 4, name
 
 
 def test_the_zero_shot_point_equals_the_zero_shot_evaluation_of_the_same_checkpoint():

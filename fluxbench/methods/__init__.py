@@ -7,6 +7,7 @@ from fluxbench.methods import (  # noqa: F401
     clip_baselines,
     codyra,
     cpt_basic,
+    cpt_bitfit,
     cpt_hft,
     cpt_lora,
     cpt_merge,
