@@ -19,9 +19,11 @@ from fluxbench.methods import (  # noqa: F401
     lae,
     migu,
     mos,
+    pref_replay,
     prototype,
     source,
     tent,
+    vcl,
     vida,
 )
 from fluxbench.methods.base import Method, MethodContext

@@ -9,6 +9,7 @@ from html import escape
 import pandas as pd
 
 from fluxbench.reports import plots
+from fluxbench.reports import preference as P
 from fluxbench.reports.format import LEGEND, headline, number, parts
 from fluxbench.reports.reproduction import points, verdict
 from fluxbench.reports.tables import GROUP, compute_columns, diverged_note, label
@@ -38,7 +39,8 @@ th{font-size:12.5px;color:var(--muted);font-weight:600;text-align:right;
 padding:8px 10px;border-bottom:2px solid var(--line);white-space:nowrap}
 td{padding:8px 10px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 table.leaderboard :is(th,td):nth-child(-n+2),table.two-phase :is(th,td):first-child,
-table.runs :is(th,td),table.reproduction :is(th,td):nth-child(-n+2){text-align:left}
+table.runs :is(th,td),table.reproduction :is(th,td):nth-child(-n+2),table.preference :is(th,td):first-child{
+text-align:left}
 td{vertical-align:top}
 tbody tr:hover{background:#f9fafb}
 td.method{font-weight:600}
@@ -171,6 +173,24 @@ def reproduction_section(rep: pd.DataFrame) -> str:
             f'<th>source</th><th>run</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div></section>')
 
 
+def preference_section(pref: pd.DataFrame, sweeps: dict, palette: dict[str, str]) -> str:
+    blocks = []
+    for benchmark, g in pref.groupby("benchmark", sort=True):
+        g = g.dropna(axis=1, how="all")
+        head = "".join(f"<th>{escape(h)}</th>" for h in P.header(g))
+        body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in P.cells(r, g)) + "</tr>"
+                       for _, r in g.iterrows())
+        curves = {m: c for (b, m), c in sweeps.items() if b == benchmark}
+        blocks.append(
+            f'<h3>{escape(benchmark)}</h3><div class="scroll"><table class="preference"><thead><tr>{head}</tr>'
+            f'</thead><tbody>{body}</tbody></table></div><div class="figs">'
+            + figure_html(plots.preference_sweep(curves, palette), "Preference sweep after task 2: w = (t, 1 - t), "
+                          "accuracy on each task against t (mean over sampled models and seeds)", wide=True)
+            + "</div>")
+    return ('<section class="card" id="preference"><h2>Preferences</h2>'
+            f'<p class="sub">{escape(P.NOTE)}</p>' + "".join(blocks) + "</section>")
+
+
 def runs_section(board: pd.DataFrame, used: str) -> str:
     rows = "".join(
         f"<tr><td>{escape(r['benchmark'])}</td><td>{escape(r['protocol'])}</td><td>{escape(r['method'])}</td>"
@@ -184,7 +204,7 @@ def runs_section(board: pd.DataFrame, used: str) -> str:
 
 
 def render(title: str, source: str, used: str, board: pd.DataFrame, seeds: pd.DataFrame, tp: pd.DataFrame,
-           rep: pd.DataFrame | None = None) -> str:
+           rep: pd.DataFrame | None = None, pref: pd.DataFrame | None = None, sweeps: dict | None = None) -> str:
     """The whole page as one string."""
     palette = plots.colors(board["method"])
     groups = list(board.groupby(GROUP, sort=True))
@@ -193,12 +213,17 @@ def render(title: str, source: str, used: str, board: pd.DataFrame, seeds: pd.Da
         links.append('<a href="#two-phase">conventional vs two-phase</a>')
     if rep is not None and not rep.empty:
         links.append('<a href="#reproduction">reproduction</a>')
+    has_pref = pref is not None and not pref.empty
+    if has_pref:
+        links.append('<a href="#preference">preferences</a>')
     links.append('<a href="#runs">runs used</a>')
     sections = [group_section(key, g, seeds, palette) for key, g in groups]
     if not tp.empty:
         sections.append(two_phase_section(tp, palette))
     if rep is not None and not rep.empty:
         sections.append(reproduction_section(rep))
+    if has_pref:
+        sections.append(preference_section(pref, sweeps or {}, palette))
     sections.append(runs_section(board, used))
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'

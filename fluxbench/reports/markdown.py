@@ -1,4 +1,5 @@
-"""``leaderboard.md``: the leaderboard, per-domain errors, conventional vs two-phase, and the runs used."""
+"""``leaderboard.md``: the leaderboard, per-domain errors, conventional vs two-phase, reproduction, preferences,
+and the runs used."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from fluxbench.reports import preference as P
 from fluxbench.reports.format import LEGEND, cell, headline, number
 from fluxbench.reports.reproduction import points, verdict
 from fluxbench.reports.tables import GROUP, diverged_note, domain_columns, label
@@ -59,6 +61,14 @@ def reproduction_section(rep: pd.DataFrame) -> list[str]:
                    "source", "run"], rows, text_columns=2), ""]
 
 
+def preference_section(pref: pd.DataFrame) -> list[str]:
+    out = ["## Preferences (IBCL's evaluation)", "", P.NOTE, ""]
+    for benchmark, g in pref.groupby("benchmark", sort=True):
+        g = g.dropna(axis=1, how="all")
+        out += [f"### {benchmark}", "", table(P.header(g), [P.cells(r, g) for _, r in g.iterrows()], 1), ""]
+    return out
+
+
 def runs_section(board: pd.DataFrame) -> str:
     rows = [[r["benchmark"], r["protocol"], r["method"], r["config_hash"], r["run_id"], r["seed_list"],
              str(r["configs"]), str(r["git_commit"])[:10]] for _, r in board.iterrows()]
@@ -67,7 +77,7 @@ def runs_section(board: pd.DataFrame) -> str:
 
 
 def render(title: str, source: str, used: str, board: pd.DataFrame, tp: pd.DataFrame,
-           rep: pd.DataFrame | None = None) -> str:
+           rep: pd.DataFrame | None = None, pref: pd.DataFrame | None = None) -> str:
     out = [f"# {title}", "", source, "", LEGEND + ".", ""]
     for (benchmark, protocol), g in board.groupby(GROUP, sort=True):
         out += [f"## {benchmark} · {protocol} (ranked by {label(g['ranked_by'].iloc[0])})", "",
@@ -81,5 +91,7 @@ def render(title: str, source: str, used: str, board: pd.DataFrame, tp: pd.DataF
                 *two_phase_section(tp)]
     if rep is not None and not rep.empty:
         out += reproduction_section(rep)
+    if pref is not None and not pref.empty:
+        out += preference_section(pref)
     out += ["## Runs used", "", used, "", runs_section(board), ""]
     return "\n".join(out)

@@ -200,3 +200,23 @@ def two_phase_slopes(tp: pd.DataFrame, palette: dict[str, str]) -> str:
     ax.set_ylabel(label(metric), color=INK)
     ax.grid(False, axis="x")
     return data_uri(fig)
+
+
+def preference_sweep(curves: dict[str, dict[str, np.ndarray]], palette: dict[str, str]) -> str | None:
+    """Two tasks, ``w = (t, 1 - t)``: accuracy on task 1 and on task 2 against ``t`` (mean over seeds), per method;
+    a model that follows the preference rises on task 1 and falls on task 2."""
+    if not curves:
+        return None
+    fig = figure(8.4, 3.3)
+    axes = fig.subplots(1, 2, sharey=True)
+    for method, c in sorted(curves.items()):
+        for task, ax in enumerate(axes):
+            ax.plot(c["t"], 100 * c["acc"][:, task], marker="o", markersize=3, linewidth=2, color=palette[method],
+                    label=method)
+    for task, ax in enumerate(axes):
+        style(ax)
+        ax.set_title(f"accuracy on task {task + 1}", fontsize=10, color=INK)
+        ax.set_xlabel("t: weight of task 1 in w = (t, 1 - t)", color=INK)
+    axes[0].set_ylabel("accuracy (%)", color=INK)
+    axes[0].legend(frameon=False, fontsize=9)
+    return data_uri(fig)

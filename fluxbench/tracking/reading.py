@@ -132,6 +132,14 @@ class StoreReader:
             except Exception:
                 return None
 
+    def json_artifact(self, run_id: str, name: str) -> Any | None:
+        """A run's JSON artifact (a name of :mod:`fluxbench.tracking.layout`); None when missing or unreadable."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return json.loads(Path(self.client.download_artifacts(run_id, name, tmp)).read_text())
+            except Exception:  # missing artifact, store error or bad JSON: that run's figure is left out
+                return None
+
 
 def _stored(run: Any) -> StoredRun:
     return StoredRun(run.info.run_id, run.info.status, int(run.info.start_time or 0), dict(run.data.tags),
