@@ -155,14 +155,8 @@ class IBCL(Method):
         k = self.credal.num_tasks
         if k == 0:
             return feats.new_zeros(len(x), self.ctx.num_classes)
-        p1 = F.logsigmoid(head_logits(self.equal_weight_mean(), feats))
-        p0 = F.logsigmoid(-head_logits(self.equal_weight_mean(), feats))
-        within = torch.stack([p0, p1], 1).repeat(1, k)  # (N, 2k): task t's classes at 2t, 2t+1 in stream order
-        seen = 2 * k
-        cos = F.normalize(feats, dim=1) @ F.normalize(self.class_means[:seen], dim=1).T
-        task = cos.view(len(x), k, 2).amax(2).argmax(1)  # nearest class mean guesses the task
-        other = torch.arange(k, device=x.device).repeat_interleave(2)[None] != task[:, None]
-        return over_all_classes(within.masked_fill(other, float("-inf")), self.ctx.num_classes)
+        return task_guessed_scores(feats, head_logits(self.equal_weight_mean(), feats), self.class_means[: 2 * k],
+                                   self.ctx.num_classes)
 
     def cost(self) -> dict[str, float]:
         return {"models_trained": float(self.models_trained), "batch_updates": float(self.batch_updates),
@@ -177,6 +171,18 @@ class IBCL(Method):
         self.credal = CredalSet.from_state(state["credal"], self.device)
         self.first_class = list(state["first_class"])
         self.models_trained, self.batch_updates = (int(v) for v in state["counts"])
+
+
+def task_guessed_scores(feats: torch.Tensor, logits: torch.Tensor, class_means: torch.Tensor, num_classes: int
+                        ) -> torch.Tensor:
+    """Scores over all classes from one binary head: the task is guessed by the nearest class mean (cosine,
+    SimpleCIL's rule; not part of IBCL), and only that task's two classes get the head's log-probabilities."""
+    k = len(class_means) // 2
+    within = torch.stack([F.logsigmoid(-logits), F.logsigmoid(logits)], 1).repeat(1, k)  # task t: columns 2t, 2t+1
+    cos = F.normalize(feats, dim=1) @ F.normalize(class_means, dim=1).T
+    task = cos.view(len(feats), k, 2).amax(2).argmax(1)
+    other = torch.arange(k, device=feats.device).repeat_interleave(2)[None] != task[:, None]
+    return over_all_classes(within.masked_fill(other, float("-inf")), num_classes)
 
 
 def check_binary(exp: Experience) -> None:

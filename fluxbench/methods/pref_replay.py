@@ -73,6 +73,9 @@ class PrefReplay(PreferenceTrained):
     def models(self, state: Params, num_models: int | None) -> list[Params]:
         return [state]  # deterministic: one model per preference
 
+    def continual_model(self) -> Params:
+        return self.state_now
+
     def to_state(self, state: Params | None) -> dict | None:
         return None if state is None else {n: v.cpu() for n, v in state.items()}
 

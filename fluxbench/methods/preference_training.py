@@ -27,11 +27,10 @@ from typing import Any
 
 import torch
 
-from fluxbench.errors import ConfigError
 from fluxbench.methods.base import Method
 from fluxbench.methods.bayesian_head import Params, head_logits, head_shapes
 from fluxbench.methods.credal_set import check_preference
-from fluxbench.methods.ibcl import FEATURE_BATCH, check_binary
+from fluxbench.methods.ibcl import FEATURE_BATCH, check_binary, task_guessed_scores
 from fluxbench.streams.experience import Experience, iterate_batches
 
 # one step's data: (features, 0/1 labels, weight) per term of the weighted loss
@@ -50,6 +49,7 @@ class PreferenceTrained(Method):
         self.current: tuple[torch.Tensor, torch.Tensor] | None = None  # the current task's training features
         self.previous: Any = None  # the continual state after the previous task (None before task 1)
         self.state_now: Any = None  # the continual state after the current task
+        self.register_buffer("class_means", torch.zeros(ctx.num_classes, self.backbone.num_features, device=ctx.device))
         self.models_trained = 0
         self.batch_updates = 0
         self._features: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # in memory only
@@ -59,6 +59,9 @@ class PreferenceTrained(Method):
         raise NotImplementedError
 
     def models(self, state: Any, num_models: int | None) -> list[Params]:
+        raise NotImplementedError
+
+    def continual_model(self) -> Params:
         raise NotImplementedError
 
     # -- features and data ---------------------------------------------------------------------------
@@ -95,6 +98,8 @@ class PreferenceTrained(Method):
     def train_experience(self, exp: Experience) -> None:
         self.previous = self.state_now
         self.current = x, y = self.task_features(exp, "train")
+        for c in (0, 1):
+            self.class_means[exp.new_class_range.start + c] = x[y == c].mean(0)
         n = self.hparams.memory_per_task
         self.memory.append((x[:n].clone(), y[:n].clone()))
         k = len(self.memory)
@@ -110,8 +115,16 @@ class PreferenceTrained(Method):
         feats, labels = self.task_features(exp, "test")
         return float(((head_logits(model, feats) > 0).long() == labels).float().mean())
 
+    @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        raise ConfigError(f"method {self.name!r} needs a preference to predict; run it with protocol=preference")
+        """The class-incremental contract, as IBCL's ``predict``: the continual state (the equal-weight preference)
+        with the task guessed by the nearest class mean; the paper's numbers come from ``protocol=preference``."""
+        feats = self.backbone(x).float()
+        k = len(self.memory)
+        if k == 0:
+            return feats.new_zeros(len(x), self.ctx.num_classes)
+        return task_guessed_scores(feats, head_logits(self.continual_model(), feats), self.class_means[: 2 * k],
+                                   self.ctx.num_classes)
 
     def cost(self) -> dict[str, float]:
         return {"models_trained": float(self.models_trained), "batch_updates": float(self.batch_updates)}

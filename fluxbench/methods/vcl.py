@@ -87,6 +87,9 @@ class VCL(PreferenceTrained):
         return [{n: state.mu[n] + state.sigma[n] * torch.randn_like(state.mu[n]) for n in state.mu}
                 for _ in range(num_models or self.hparams.num_models_per_pref)]
 
+    def continual_model(self) -> Params:
+        return self.state_now.mu
+
     def to_state(self, state: GaussianPosterior | None) -> dict | None:
         return None if state is None else state.to_state()
 
