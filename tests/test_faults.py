@@ -162,7 +162,8 @@ def test_kill_9_with_two_workers_leaves_no_orphan_and_the_rerun_gives_the_same_n
     proc.kill()
     proc.wait(timeout=60)  # not communicate(): a surviving worker would hold the pipes open for ever
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout=60, what="the workers to exit")
-    assert "KILLED" in statuses(killed / "mlflow.db", "trial")  # the workers closed their own runs
+    # the workers closed their own runs (the kill may meet them between trials: then none was open)
+    assert "RUNNING" not in statuses(killed / "mlflow.db", "trial")
 
     rerun = start(*args, cwd=killed)
     reference = start(*args, cwd=fresh)
