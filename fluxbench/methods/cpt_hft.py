@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from fluxbench.methods.base import check_choice
-from fluxbench.methods.half_selection import category_parameters, draw_frozen, open_clip_categories
+from fluxbench.methods.half_selection import HalfFrozenMask, open_clip_categories
 from fluxbench.methods.pretraining import PretrainingHparams, PretrainingMethod
 from fluxbench.methods.registry import register_method
 
@@ -40,41 +39,18 @@ class CptHftHparams(PretrainingHparams):
 
 
 @register_method("cpt_hft")
-class ContinualHalfFineTuning(PretrainingMethod):
+class ContinualHalfFineTuning(HalfFrozenMask, PretrainingMethod):
     Hparams = CptHftHparams
 
     def configure(self, model: nn.Module) -> None:
-        self.categories = open_clip_categories(model, self.hparams.split_qkv)
-        self._params = [category_parameters(model, c) for c in self.categories]
-        # from the protocol-seeded global RNG, so masks differ across seeds; buffers, so a resume keeps them
-        self.register_buffer("base_seed", torch.randint(2**31 - 1, ()))
-        self.register_buffer("frozen", torch.zeros(len(self.categories), dtype=torch.bool))
+        self.init_mask(model, open_clip_categories(model, self.hparams.split_qkv))
         self.select(0)  # the budget is measured before task 1: on the half that trains
 
     def mask_seed(self, task: int) -> int:
         return int(self.base_seed) + 1009 * (0 if self.hparams.reselect == "static" else task)
 
     def select(self, task: int) -> None:
-        """Draw task ``task``'s mask and apply it: frozen categories stop requiring grad, the rest train."""
-        self.frozen.copy_(draw_frozen(self.categories, self.mask_seed(task)))
-        self.model.requires_grad_(True)
-        for params, frozen in zip(self._params, self.frozen.tolist()):
-            for p in params:
-                p.requires_grad_(not frozen)
-
-    def mask(self) -> dict[str, bool]:
-        """Category name -> frozen, for the current task."""
-        return {c.name: f for c, f in zip(self.categories, self.frozen.tolist())}
-
-    def frozen_parameters(self) -> list[nn.Parameter]:
-        return [p for params, f in zip(self._params, self.frozen.tolist()) if f for p in params]
-
-    def trainable_fraction(self, blocks_only: bool = False) -> float:
-        """Share of parameters (by count) the current mask trains: of the model, or of its blocks' categories."""
-        frozen = sum(p.numel() for p in self.frozen_parameters())
-        total = (sum(p.numel() for ps in self._params for p in ps) if blocks_only
-                 else sum(p.numel() for p in self.model.parameters()))
-        return 1.0 - frozen / total
+        self.apply_mask(self.mask_seed(task))
 
     def begin_task(self, index: int) -> None:
         self.select(index)

@@ -163,3 +163,41 @@ def draw_frozen(categories: list[Category], seed: int) -> torch.Tensor:
         pick = torch.randperm(len(members), generator=gen)[: len(members) // 2]
         frozen[[members[int(j)] for j in pick]] = True
     return frozen
+
+
+class HalfFrozenMask:
+    """HFT's mask on a method's model, shared by the class-incremental and the continual-pretraining HFT: the
+    categories, their parameters, and two buffers (the seed base, drawn from the protocol-seeded global RNG so
+    masks differ across seeds, and the current ``frozen`` flags, so a resume keeps both). Mixed into an
+    ``nn.Module`` that has ``self.model``."""
+
+    model: nn.Module
+
+    def init_mask(self, model: nn.Module, categories: list[Category]) -> None:
+        self.categories = categories
+        self._params = [category_parameters(model, c) for c in categories]
+        self.register_buffer("base_seed", torch.randint(2**31 - 1, ()))
+        self.register_buffer("frozen", torch.zeros(len(categories), dtype=torch.bool))
+
+    def apply_mask(self, seed: int) -> None:
+        """Draw the mask for ``seed`` and apply it: frozen categories stop requiring grad, the rest train."""
+        self.frozen.copy_(draw_frozen(self.categories, seed))
+        self.model.requires_grad_(True)
+        for params, frozen in zip(self._params, self.frozen.tolist()):
+            for p in params:
+                p.requires_grad_(not frozen)
+
+    def mask(self) -> dict[str, bool]:
+        """Category name -> frozen, for the current task (or epoch)."""
+        return {c.name: f for c, f in zip(self.categories, self.frozen.tolist())}
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        return [p for params, f in zip(self._params, self.frozen.tolist()) if f for p in params]
+
+    def trainable_fraction(self, blocks_only: bool = False) -> float:
+        """Share of parameters (by count) the current mask trains: of the model, or of its blocks."""
+        chosen = [(ps, f) for ps, c, f in zip(self._params, self.categories, self.frozen.tolist())
+                  if not blocks_only or c.group.startswith("block")]
+        frozen = sum(p.numel() for ps, f in chosen if f for p in ps)
+        params = [p for ps, _ in chosen for p in ps] if blocks_only else list(self.model.parameters())
+        return 1.0 - frozen / sum(p.numel() for p in params)

@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from fluxbench.methods.base import ClassifierModel, check_choice
-from fluxbench.methods.half_selection import category_parameters, draw_frozen, timm_categories
+from fluxbench.methods.half_selection import HalfFrozenMask, timm_categories
 from fluxbench.methods.registry import register_method
 from fluxbench.methods.training import SupervisedMethod, TrainingHparams
 from fluxbench.streams.experience import Experience
@@ -43,17 +42,14 @@ class HftHparams(TrainingHparams):
 
 
 @register_method("hft")
-class HalfFineTuning(SupervisedMethod):
+class HalfFineTuning(HalfFrozenMask, SupervisedMethod):
     Hparams = HftHparams
 
     def __init__(self, hparams: HftHparams, ctx) -> None:
         super().__init__(hparams, ctx)
         self.model = ClassifierModel(ctx.build_backbone(), ctx.num_classes).to(ctx.device)
-        self.categories = timm_categories(self.model, VIT_PATH, hparams.split_qkv, hparams.freeze_embeddings_and_head)
-        self._params = [category_parameters(self.model, c) for c in self.categories]
-        # drawn from the protocol-seeded global RNG, so masks differ across seeds; a buffer, so a resume keeps it
-        self.register_buffer("base_seed", torch.randint(2**31 - 1, ()))
-        self.register_buffer("frozen", torch.zeros(len(self.categories), dtype=torch.bool))
+        self.init_mask(self.model, timm_categories(self.model, VIT_PATH, hparams.split_qkv,
+                                                   hparams.freeze_embeddings_and_head))
 
     # -- the mask ------------------------------------------------------------------------
     def mask_seed(self, task: int, epoch: int = 0) -> int:
@@ -62,27 +58,8 @@ class HalfFineTuning(SupervisedMethod):
         return int(self.base_seed) + 1009 * task + epoch
 
     def select(self, task: int, epoch: int = 0) -> None:
-        """Draw the mask for (task, epoch) and apply it: frozen categories stop requiring grad."""
-        self.frozen.copy_(draw_frozen(self.categories, self.mask_seed(task, epoch)))
-        self.model.requires_grad_(True)
-        for params, frozen in zip(self._params, self.frozen.tolist()):
-            for p in params:
-                p.requires_grad_(not frozen)
-
-    def mask(self) -> dict[str, bool]:
-        """Category name -> frozen, for the current task (or epoch)."""
-        return {c.name: f for c, f in zip(self.categories, self.frozen.tolist())}
-
-    def frozen_parameters(self) -> list[nn.Parameter]:
-        return [p for params, f in zip(self._params, self.frozen.tolist()) if f for p in params]
-
-    def trainable_fraction(self, blocks_only: bool = False) -> float:
-        """Share of parameters (by count) the current mask trains: of the model, or of its blocks."""
-        chosen = [(ps, f) for ps, c, f in zip(self._params, self.categories, self.frozen.tolist())
-                  if not blocks_only or c.group.startswith("block")]
-        frozen = sum(p.numel() for ps, f in chosen if f for p in ps)
-        params = [p for ps, _ in chosen for p in ps] if blocks_only else list(self.model.parameters())
-        return 1.0 - frozen / sum(p.numel() for p in params)
+        """Draw the mask for (task, epoch) and apply it."""
+        self.apply_mask(self.mask_seed(task, epoch))
 
     def cost(self) -> dict[str, float]:
         return {"hft_trainable_fraction": self.trainable_fraction(),
