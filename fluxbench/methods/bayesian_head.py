@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -105,20 +106,18 @@ def elbo_loss(mu: Params, log_sigma: Params, prior: GaussianPosterior, x: torch.
     return nll + log_q - log_p
 
 
-def fit_posterior(prior: GaussianPosterior, make_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
-                  epochs: int, lr: float) -> tuple[GaussianPosterior, int]:
-    """Variational posterior of one chain: guide at mu=0, sigma=1, Adam(lr) for ``epochs`` passes.
-
-    ``make_batches()`` gives one epoch of ``(features, 0/1 labels)`` batches (shuffled by torch's global RNG,
-    which the protocol seeds). Returns the posterior and the number of optimiser steps taken.
-    """
+def fit_gaussian(prior: GaussianPosterior, make_batches: Callable[[], Iterable[Any]], epochs: int, lr: float,
+                 loss_of: Callable[[dict, dict, Any], torch.Tensor]) -> tuple[GaussianPosterior, int]:
+    """Mean-field Gaussian VI: guide at mu=0, sigma=1, Adam(lr) for ``epochs`` passes over ``make_batches()``,
+    minimising ``loss_of(mu, log_sigma, batch)`` (an ELBO against ``prior``). Returns the posterior and the number
+    of optimiser steps taken; a non-finite loss is a one-line DivergedError."""
     mu = {n: torch.zeros_like(v, requires_grad=True) for n, v in prior.mu.items()}
     log_sigma = {n: torch.zeros_like(v, requires_grad=True) for n, v in prior.mu.items()}  # sigma = exp(0) = 1
     opt = torch.optim.Adam([*mu.values(), *log_sigma.values()], lr=lr)
     steps = 0
     for _ in range(epochs):
-        for x, y in make_batches():
-            loss = elbo_loss(mu, log_sigma, prior, x, y)
+        for batch in make_batches():
+            loss = loss_of(mu, log_sigma, batch)
             if not torch.isfinite(loss):
                 raise DivergedError(f"the ELBO became {loss.item()}; lower method.lr or check the features")
             opt.zero_grad(set_to_none=True)
@@ -128,3 +127,10 @@ def fit_posterior(prior: GaussianPosterior, make_batches: Callable[[], Iterable[
     with torch.no_grad():
         return GaussianPosterior({n: v.detach().clone() for n, v in mu.items()},
                                  {n: v.detach().exp() for n, v in log_sigma.items()}), steps
+
+
+def fit_posterior(prior: GaussianPosterior, make_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+                  epochs: int, lr: float) -> tuple[GaussianPosterior, int]:
+    """Variational posterior of one IBCL chain. ``make_batches()`` gives one epoch of ``(features, 0/1 labels)``
+    batches (shuffled by torch's global RNG, which the protocol seeds)."""
+    return fit_gaussian(prior, make_batches, epochs, lr, lambda mu, log_sigma, b: elbo_loss(mu, log_sigma, prior, *b))

@@ -18,6 +18,7 @@ plus text-to-image cross-entropy against the multi-hot "image j has class c" tar
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -94,11 +95,12 @@ class ClipMethod(Method):
         return torch.autocast("cuda", torch.bfloat16, enabled=self.ctx.amp)
 
 
-class ClipTuner(ClipMethod):
+class ClipTuner(ClipMethod, ABC):
     """A CLIP method that trains ``trainable()`` with :func:`clip_loss`; subclasses add what is their own."""
 
+    @abstractmethod
     def trainable(self) -> list[nn.Parameter]:
-        raise NotImplementedError
+        """The parameters this method trains (the optimiser's)."""
 
     def after_step(self, iteration: int) -> None:
         """Called after each optimiser step (CoDyRA's proximal step)."""

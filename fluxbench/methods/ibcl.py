@@ -99,16 +99,8 @@ class IBCL(Method):
         self._features: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # in memory only
 
     # -- features ------------------------------------------------------------------------------
-    @torch.no_grad()
     def task_features(self, exp: Experience, part: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen features of a part of ``exp`` and its 0/1 task labels, computed once per experience."""
-        key = (exp.index, part, exp.classes)
-        if key not in self._features:
-            check_binary(exp)
-            x, y = exp.uint8_tensors(part, self.device)
-            feats = torch.cat([self.backbone(b) for b, _ in iterate_batches(x, y, FEATURE_BATCH, shuffle=False)])
-            self._features[key] = (feats.float(), y - exp.new_class_range.start)
-        return self._features[key]
+        return binary_task_features(self.backbone, self._features, exp, part, self.device)
 
     # -- training: Algorithm 1 -------------------------------------------------------------------
     def priors(self) -> list[GaussianPosterior]:
@@ -183,6 +175,20 @@ def task_guessed_scores(feats: torch.Tensor, logits: torch.Tensor, class_means: 
     task = cos.view(len(feats), k, 2).amax(2).argmax(1)
     other = torch.arange(k, device=feats.device).repeat_interleave(2)[None] != task[:, None]
     return over_all_classes(within.masked_fill(other, float("-inf")), num_classes)
+
+
+@torch.no_grad()
+def binary_task_features(backbone: torch.nn.Module, cache: dict, exp: Experience, part: str,
+                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features of a part of ``exp`` and its 0/1 task labels, computed once per experience (in ``cache``,
+    memory only) for IBCL and the preference-trained baselines alike."""
+    key = (exp.index, part, exp.classes)
+    if key not in cache:
+        check_binary(exp)
+        x, y = exp.uint8_tensors(part, device)
+        feats = torch.cat([backbone(b) for b, _ in iterate_batches(x, y, FEATURE_BATCH, shuffle=False)])
+        cache[key] = (feats.float(), y - exp.new_class_range.start)
+    return cache[key]
 
 
 def check_binary(exp: Experience) -> None:

@@ -22,6 +22,7 @@ Harness conventions (what differs from upstream):
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -30,14 +31,14 @@ import torch
 from fluxbench.methods.base import Method
 from fluxbench.methods.bayesian_head import Params, head_logits, head_shapes
 from fluxbench.methods.credal_set import check_preference
-from fluxbench.methods.ibcl import FEATURE_BATCH, check_binary, task_guessed_scores
+from fluxbench.methods.ibcl import binary_task_features, task_guessed_scores
 from fluxbench.streams.experience import Experience, iterate_batches
 
 # one step's data: (features, 0/1 labels, weight) per term of the weighted loss
 WeightedBatch = list[tuple[torch.Tensor, torch.Tensor, float]]
 
 
-class PreferenceTrained(Method):
+class PreferenceTrained(Method, ABC):
     """Memory, features and cost counters; subclasses give ``fit(pref, batches) -> state`` and ``models(state)``."""
 
     def __init__(self, hparams: Any, ctx) -> None:
@@ -55,25 +56,21 @@ class PreferenceTrained(Method):
         self._features: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # in memory only
 
     # -- subclass hooks ------------------------------------------------------------------------------
+    @abstractmethod
     def fit(self, start: Any, make_batches: Callable[[], Iterator[WeightedBatch]]) -> tuple[Any, int]:
-        raise NotImplementedError
+        """Train one run from ``start`` (None: from scratch) over ``make_batches()`` epochs; (state, steps)."""
 
+    @abstractmethod
     def models(self, state: Any, num_models: int | None) -> list[Params]:
-        raise NotImplementedError
+        """The head parameters a trained ``state`` predicts with (one for a point estimate, samples for VCL)."""
 
+    @abstractmethod
     def continual_model(self) -> Params:
-        raise NotImplementedError
+        """The head the standard protocols score (the continual state after the latest task)."""
 
     # -- features and data ---------------------------------------------------------------------------
-    @torch.no_grad()
     def task_features(self, exp: Experience, part: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        key = (exp.index, part, exp.classes)
-        if key not in self._features:
-            check_binary(exp)
-            x, y = exp.uint8_tensors(part, self.device)
-            feats = torch.cat([self.backbone(b) for b, _ in iterate_batches(x, y, FEATURE_BATCH, shuffle=False)])
-            self._features[key] = (feats.float(), y - exp.new_class_range.start)
-        return self._features[key]
+        return binary_task_features(self.backbone, self._features, exp, part, self.device)
 
     def weighted_batches(self, pref: Sequence[float]) -> Callable[[], Iterator[WeightedBatch]]:
         """One epoch: each batch of the current task with every past task's whole memory, weighted by ``pref``."""
@@ -139,8 +136,10 @@ class PreferenceTrained(Method):
         self.previous, self.state_now = self.from_state(state["previous"]), self.from_state(state["now"])
         self.models_trained, self.batch_updates = (int(v) for v in state["counts"])
 
+    @abstractmethod
     def to_state(self, state: Any) -> Any:
-        raise NotImplementedError
+        """``state`` as tensors and lists, for a checkpoint loaded with ``weights_only=True``."""
 
+    @abstractmethod
     def from_state(self, state: Any) -> Any:
-        raise NotImplementedError
+        """The inverse of :meth:`to_state`, on this method's device."""

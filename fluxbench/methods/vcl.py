@@ -17,9 +17,8 @@ import torch
 from torch.distributions import Normal
 from torch.nn import functional as F
 
-from fluxbench.errors import DivergedError
 from fluxbench.methods.base import check_choice, check_range
-from fluxbench.methods.bayesian_head import HEAD_SIZES, GaussianPosterior, Params, head_logits
+from fluxbench.methods.bayesian_head import HEAD_SIZES, GaussianPosterior, Params, fit_gaussian, head_logits
 from fluxbench.methods.preference_training import PreferenceTrained, WeightedBatch
 from fluxbench.methods.registry import register_method
 
@@ -65,22 +64,8 @@ class VCL(PreferenceTrained):
     def fit(self, start: GaussianPosterior | None, make_batches: Callable[[], Iterator[WeightedBatch]]
             ) -> tuple[GaussianPosterior, int]:
         prior = start or GaussianPosterior.isotropic(self.shapes, self.hparams.prior_std, self.device)
-        mu = {n: torch.zeros_like(v, requires_grad=True) for n, v in prior.mu.items()}
-        log_sigma = {n: torch.zeros_like(v, requires_grad=True) for n, v in prior.mu.items()}  # sigma = 1
-        opt = torch.optim.Adam([*mu.values(), *log_sigma.values()], lr=self.hparams.lr)
-        steps = 0
-        for _ in range(self.hparams.epochs):
-            for terms in make_batches():
-                loss = weighted_elbo_loss(mu, log_sigma, prior, terms)
-                if not torch.isfinite(loss):
-                    raise DivergedError(f"the ELBO became {float(loss)}; lower method.lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                steps += 1
-        with torch.no_grad():
-            return GaussianPosterior({n: v.detach().clone() for n, v in mu.items()},
-                                     {n: v.detach().exp() for n, v in log_sigma.items()}), steps
+        return fit_gaussian(prior, make_batches, self.hparams.epochs, self.hparams.lr,
+                            lambda mu, log_sigma, terms: weighted_elbo_loss(mu, log_sigma, prior, terms))
 
     @torch.no_grad()
     def models(self, state: GaussianPosterior, num_models: int | None) -> list[Params]:
