@@ -166,8 +166,9 @@ class Crash(RuntimeError):
     pass
 
 
-def test_kill_and_resume_gives_identical_metrics(store, monkeypatch):
-    cfg = config("ema_merge", store=store)
+@pytest.mark.parametrize("name", ["ema_merge", "cpt_migu", "cpt_hft"])
+def test_kill_and_resume_gives_identical_metrics(name, store, monkeypatch):
+    cfg = config(name, store=store)
     tracker = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
     original = cp.PretrainingLoop.experience
 
@@ -188,7 +189,7 @@ def test_kill_and_resume_gives_identical_metrics(store, monkeypatch):
     resumed = cp.run(cfg, tracker)
     monkeypatch.undo()
     assert trained == [2]  # the zero-shot point and task 1 came from the checkpoint
-    reference, _ = run_untracked("ema_merge")
+    reference, _ = run_untracked(name)
     got = resumed["seeds"][0].metrics
     for key in ("A_KA", "A_ZS", "gmean", "A_KA_zero_shot", "budget.steps_per_task"):
         assert got[key] == pytest.approx(reference[key], abs=1e-12), key

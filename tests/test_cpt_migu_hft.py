@@ -4,9 +4,8 @@ re-drawn per task; both resume exactly."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-from test_continual_pretraining import config, run_untracked
+from test_continual_pretraining import config
 
 from fluxbench.fomo.benchmark import open_benchmark
 from fluxbench.methods import create_method
@@ -14,7 +13,6 @@ from fluxbench.methods.cpt_hft import ContinualHalfFineTuning
 from fluxbench.methods.half_selection import split_in_projection
 from fluxbench.protocols import continual_pretraining as cp
 from fluxbench.protocols.cpt import step as cpt_step
-from fluxbench.tracking import Tracker
 
 
 def loop_and_method(name: str, *extra: str):
@@ -82,30 +80,3 @@ def test_hft_frozen_half_is_bit_identical_after_its_task_and_absent_from_the_opt
         assert not in_opt & {id(p) for p, _ in frozen}
     assert masks[0] != masks[1]  # a seed per task
     assert set(masks[0]) == {c.name for c in method.categories}
-
-
-@pytest.mark.parametrize("name", ["cpt_migu", "cpt_hft"])
-def test_kill_and_resume_gives_identical_metrics(name, store, monkeypatch):
-    cfg = config(name, store=store)
-    tracker = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
-    original = cp.PretrainingLoop.experience
-
-    def crash_at_2(self, method, stream, i, partial, device):
-        if i == 2:
-            raise RuntimeError("crash before task 2")
-        return original(self, method, stream, i, partial, device)
-
-    monkeypatch.setattr(cp.PretrainingLoop, "experience", crash_at_2)
-    with pytest.raises(RuntimeError):
-        cp.run(cfg, tracker)
-    monkeypatch.undo()
-    trained = []
-    monkeypatch.setattr(cp.PretrainingLoop, "experience",
-                        lambda self, m, s, i, *a: trained.append(i) or original(self, m, s, i, *a))
-    resumed = cp.run(cfg, tracker)
-    monkeypatch.undo()
-    assert trained == [2]
-    reference, _ = run_untracked(name)
-    got = resumed["seeds"][0].metrics
-    for key in ("A_KA", "A_ZS", "gmean", "budget.steps_per_task"):
-        assert got[key] == pytest.approx(reference[key], abs=1e-12), key
