@@ -99,3 +99,14 @@ def test_mos_and_lae_get_raw_pixels_on_vit_b16_by_default_and_other_methods_keep
 def test_imagenet_c_uses_every_released_image_unless_a_subset_is_asked_for():
     node = compose_config("protocol=online_tta", "benchmark=imagenet_c", "method=tent")["benchmark"]["evaluation"]
     assert node["max_per_class"] is None and node["ids_file"] is None  # all 50,000 images per domain
+
+
+def test_plain_method_names_resolve_to_the_image_text_protocols_own_methods():
+    from fluxbench.protocols import with_protocol_defaults
+
+    cpt = with_protocol_defaults(["-m", "protocol=continual_pretraining", "method=finetune,lora,ema_merge"])
+    assert "method=cpt_finetune,cpt_lora,ema_merge" in cpt and "backbone=tiny_clip" in cpt
+    assert "method=clip_lora" in with_protocol_defaults(["protocol=mtil", "method=lora"])
+    # the class-incremental protocols keep the names as typed
+    assert with_protocol_defaults(["protocol=conventional", "method=finetune"]) == [
+        "protocol=conventional", "method=finetune"]

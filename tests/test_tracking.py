@@ -112,3 +112,26 @@ def test_interrupted_run_resumes_from_its_checkpoint_with_identical_numbers(make
     ref = reference["seeds"][0].matrix
     np.testing.assert_array_equal(resumed["seeds"][0].matrix, ref)
     assert len(tracker.children(resumed["run_id"])) == 1
+
+
+def test_a_fresh_local_store_is_a_copy_of_a_migrated_one_with_its_own_default_experiment(tmp_path, monkeypatch):
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    migrated = tmp_path / "migrated.db"
+    MlflowClient(tracking_uri=f"sqlite:///{migrated}").search_experiments()
+    tracker = Tracker(f"sqlite:///{tmp_path / 'seeded.db'}", "fluxbench")
+
+    def schema(path):
+        # each statement's clauses as a set: alembic's batch migrations write constraints in hash order
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT name, sql FROM sqlite_master").fetchall()
+            return (db.execute("SELECT version_num FROM alembic_version").fetchall(),
+                    {name: sorted(line.strip().rstrip(",") for line in (sql or "").splitlines()) for name, sql in rows})
+
+    assert schema(tmp_path / "seeded.db") == schema(migrated)
+    default = tracker.client.get_experiment("0")
+    assert default.name == "Default" and default.artifact_location == str(tmp_path / "mlruns" / "0")
+    # the experiment fluxbench made lives beside the store, and the store works as any other
+    assert tracker.client.get_experiment(tracker.experiment_id).artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert not list(tmp_path.glob(".seeded.db.*.partial"))

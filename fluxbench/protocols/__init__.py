@@ -36,8 +36,30 @@ PROTOCOL_DEFAULTS = {
 }
 
 
+# the plain names a researcher types under an image-text protocol, for that protocol's own implementation:
+# `protocol=continual_pretraining method=finetune,lora` means the contrastive finetune and LoRA, not the
+# class-incremental ones (which cannot run on a CLIP stream)
+PROTOCOL_METHOD_NAMES = {
+    "continual_pretraining": {
+        "finetune": "cpt_finetune", "lora": "cpt_lora", "migu": "cpt_migu", "hft": "cpt_hft",
+        "ewc": "cpt_ewc", "si": "cpt_si",
+    },
+    "mtil": {"finetune": "clip_finetune", "lora": "clip_lora", "zeroshot": "clip_zeroshot"},
+}
+
+
+def _method_names_for(protocol: str, value: str) -> str:
+    """A ``method=`` value (one name or a multirun comma list) with the protocol's plain names resolved."""
+    names = PROTOCOL_METHOD_NAMES.get(protocol, {})
+    return ",".join(names.get(name.strip(), name.strip()) for name in value.split(","))
+
+
 def with_protocol_defaults(args: list[str]) -> list[str]:
-    """``args`` plus ``group=option`` for each of the chosen protocol's defaults the command line leaves open."""
+    """``args`` with the chosen protocol's plain method names resolved, plus ``group=option`` for each of the
+    protocol's defaults the command line leaves open."""
     chosen = {a.partition("=")[0].lstrip("+~"): a.partition("=")[2] for a in args if "=" in a}
-    extra = PROTOCOL_DEFAULTS.get(chosen.get("protocol", ""), {})
-    return [*args, *(f"{group}={option}" for group, option in extra.items() if group not in chosen)]
+    protocol = chosen.get("protocol", "")
+    resolved = [f"method={_method_names_for(protocol, a.partition('=')[2])}" if a.startswith("method=") else a
+                for a in args]
+    extra = PROTOCOL_DEFAULTS.get(protocol, {})
+    return [*resolved, *(f"{group}={option}" for group, option in extra.items() if group not in chosen)]

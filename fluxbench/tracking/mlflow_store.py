@@ -34,6 +34,7 @@ import numpy as np
 from fluxbench.errors import DataError
 from fluxbench.tracking import layout
 from fluxbench.tracking.layout import FAILURE_TAG, HASH_TAG, KIND_TAG, MATRIX_ARTIFACT, PARENT_TAG, SIZES_TAG
+from fluxbench.tracking.fresh_store import seed_sqlite_store
 from fluxbench.tracking.locks import file_lock
 
 _EXCLUDED_FROM_HASH = ("tracking", "progress", "reproduce")  # where results go, how they are shown, what they
@@ -187,6 +188,9 @@ class Tracker:
         self.lock_dir = self._lock_dir(uri)
         # opening a fresh store creates and migrates its schema: one process at a time, or they collide
         with file_lock(self.lock_dir / "store.lock"):
+            path = sqlite_path(uri)
+            if path is not None:
+                seed_sqlite_store(path)
             self.client = _GuardedClient(_open_client(MlflowClient, uri), uri)
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else self._create_experiment(experiment)
