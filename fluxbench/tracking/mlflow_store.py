@@ -33,8 +33,8 @@ import numpy as np
 
 from fluxbench.errors import DataError
 from fluxbench.tracking import layout
-from fluxbench.tracking.layout import FAILURE_TAG, HASH_TAG, KIND_TAG, MATRIX_ARTIFACT, PARENT_TAG, SIZES_TAG
 from fluxbench.tracking.fresh_store import seed_sqlite_store
+from fluxbench.tracking.layout import FAILURE_TAG, HASH_TAG, KIND_TAG, MATRIX_ARTIFACT, PARENT_TAG, SIZES_TAG
 from fluxbench.tracking.locks import file_lock
 
 _EXCLUDED_FROM_HASH = ("tracking", "progress", "reproduce")  # where results go, how they are shown, what they
