@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from open_clip.loss import ClipLoss
 from torch import nn
 from torch.nn import functional as F
 
@@ -54,6 +53,8 @@ class PretrainingMethod(Method):
             raise ConfigError(f"method {self.name!r} needs a CLIP backbone with a text tower (backbone=tiny_clip or "
                               f"kind open_clip); got {type(self.model).__name__}")
         self.configure(self.model)
+        from open_clip.loss import ClipLoss  # here, not at import: open_clip costs seconds in every process
+
         self.loss_fn = ClipLoss()
         self.to(ctx.device)  # the model and any copy a method keeps (a merge's running weights)
 
