@@ -8,6 +8,9 @@ from fluxbench.benchmarks import (  # noqa: F401  (each module registers its rea
     imagefolder,
     imagenet100,
     imagenet_c,
+    mnist,
+    mtil_folders,
+    stanford_cars,
 )
 from fluxbench.benchmarks.base import DataSplit, ImageDataset, shared_samples
 from fluxbench.benchmarks.registry import (

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fluxbench.methods import Method, MethodContext
-from fluxbench.protocols.clip_stream import build_clip_stream, evaluate_row, stream_datasets
+from fluxbench.protocols.clip_stream import build_clip_stream, evaluate_row, open_source
 from fluxbench.protocols.metrics import transfer_average_last
 from fluxbench.protocols.parent import ProtocolCall, run_protocol, run_seeds, seeds_result
 from fluxbench.protocols.preflight import preflight
@@ -40,8 +40,9 @@ class MtilLoop:
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg, self.protocol = cfg, cfg["protocol"]
-        self.reader, self.names = stream_datasets(cfg)
-        about = {"root": str(self.reader.layout.image_root), "datasets": self.names, "shots": self.protocol["shots"],
+        self.source = open_source(cfg)
+        self.names = self.source.names
+        about = {**self.source.about, "datasets": self.names, "shots": self.protocol["shots"],
                  "test_limit": self.protocol.get("test_limit")}
         self.fingerprint = hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -49,8 +50,7 @@ class MtilLoop:
         return len(self.names)
 
     def stream(self, seed: int) -> list[Experience]:
-        return build_clip_stream(self.reader, self.names, int(self.protocol["shots"]), seed,
-                                 self.protocol.get("test_limit"))
+        return build_clip_stream(self.source, int(self.protocol["shots"]), seed, self.protocol.get("test_limit"))
 
     def context(self, stream: list[Experience]) -> MethodContext:
         return method_context(self.cfg, num_classes=sum(len(e.classes) for e in stream))

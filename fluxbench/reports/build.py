@@ -12,6 +12,7 @@ from fluxbench.errors import DataError
 from fluxbench.reports import html, markdown
 from fluxbench.reports.collect import Collected, collect
 from fluxbench.reports.format import cell, used_sentence
+from fluxbench.reports.mtil import mtil_table
 from fluxbench.reports.preference import preference_table, sweeps
 from fluxbench.reports.reproduction import points, reproduction_table
 from fluxbench.reports.tables import GROUP, label, leaderboard, seed_metrics, two_phase_table
@@ -26,6 +27,7 @@ class Report:
     reproduction: pd.DataFrame  # runs of conf/experiment/ presets against their published figures
     preference: pd.DataFrame = field(default_factory=pd.DataFrame)  # protocol=preference: per-task table
     sweeps: dict = field(default_factory=dict)  # protocol=preference: (benchmark, method) -> two-task sweep
+    mtil: pd.DataFrame = field(default_factory=pd.DataFrame)  # protocol=mtil: Transfer/Average/Last, rank per task
 
     @property
     def title(self) -> str:
@@ -50,18 +52,20 @@ def build(uri: str, experiment: str) -> Report:
     return Report(collected, board, two_phase_table(board, collected.parents), generated,
                   reproduction_table(collected.parents, per_seed),
                   preference_table(collected.parents, collected.seeds),
-                  sweeps(uri, collected.parents, collected.seeds))
+                  sweeps(uri, collected.parents, collected.seeds),
+                  mtil_table(uri, collected.parents, collected.seeds))
 
 
 def write(report: Report, out: Path) -> list[Path]:
-    """Write the three files (and ``two_phase.csv`` / ``reproduction.csv`` / ``preference.csv`` when there are
-    such runs) into ``out``."""
+    """Write the three files (and ``two_phase.csv`` / ``reproduction.csv`` / ``preference.csv`` / ``mtil.csv``
+    when there are such runs) into ``out``."""
     files = {
         "leaderboard.md": markdown.render(report.title, report.source, report.used, report.board, report.two_phase,
-                                          report.reproduction, report.preference),
+                                          report.reproduction, report.preference, report.mtil),
         "leaderboard.csv": report.board.to_csv(index=False),
         "index.html": html.render(report.title, report.source, report.used, report.board, report.collected.seeds,
-                                  report.two_phase, report.reproduction, report.preference, report.sweeps),
+                                  report.two_phase, report.reproduction, report.preference, report.sweeps,
+                                  report.mtil),
     }
     if not report.two_phase.empty:
         files["two_phase.csv"] = report.two_phase.to_csv(index=False)
@@ -69,6 +73,8 @@ def write(report: Report, out: Path) -> list[Path]:
         files["reproduction.csv"] = report.reproduction.to_csv(index=False)
     if not report.preference.empty:
         files["preference.csv"] = report.preference.to_csv(index=False)
+    if not report.mtil.empty:
+        files["mtil.csv"] = report.mtil.to_csv(index=False)
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():

@@ -8,6 +8,7 @@ from html import escape
 
 import pandas as pd
 
+from fluxbench.reports import mtil as M
 from fluxbench.reports import plots
 from fluxbench.reports import preference as P
 from fluxbench.reports.format import LEGEND, headline, number, parts
@@ -191,6 +192,19 @@ def preference_section(pref: pd.DataFrame, sweeps: dict, palette: dict[str, str]
             f'<p class="sub">{escape(P.NOTE)}</p>' + "".join(blocks) + "</section>")
 
 
+def mtil_section(table: pd.DataFrame) -> str:
+    blocks = []
+    for benchmark, g in table.groupby("benchmark", sort=True):
+        g = g.dropna(axis=1, how="all")
+        head = "".join(f"<th>{escape(h)}</th>" for h in M.header(g))
+        body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in M.cells(r, g)) + "</tr>"
+                       for _, r in g.iterrows())
+        blocks.append(f'<h3>{escape(benchmark)}</h3><div class="scroll"><table class="preference"><thead><tr>{head}'
+                      f"</tr></thead><tbody>{body}</tbody></table></div>")
+    return ('<section class="card" id="mtil"><h2>MTIL / X-TAIL</h2>'
+            f'<p class="sub">{escape(M.NOTE)}</p>' + "".join(blocks) + "</section>")
+
+
 def runs_section(board: pd.DataFrame, used: str) -> str:
     rows = "".join(
         f"<tr><td>{escape(r['benchmark'])}</td><td>{escape(r['protocol'])}</td><td>{escape(r['method'])}</td>"
@@ -204,7 +218,8 @@ def runs_section(board: pd.DataFrame, used: str) -> str:
 
 
 def render(title: str, source: str, used: str, board: pd.DataFrame, seeds: pd.DataFrame, tp: pd.DataFrame,
-           rep: pd.DataFrame | None = None, pref: pd.DataFrame | None = None, sweeps: dict | None = None) -> str:
+           rep: pd.DataFrame | None = None, pref: pd.DataFrame | None = None, sweeps: dict | None = None,
+           mtil: pd.DataFrame | None = None) -> str:
     """The whole page as one string."""
     palette = plots.colors(board["method"])
     groups = list(board.groupby(GROUP, sort=True))
@@ -216,6 +231,9 @@ def render(title: str, source: str, used: str, board: pd.DataFrame, seeds: pd.Da
     has_pref = pref is not None and not pref.empty
     if has_pref:
         links.append('<a href="#preference">preferences</a>')
+    has_mtil = mtil is not None and not mtil.empty
+    if has_mtil:
+        links.append('<a href="#mtil">MTIL / X-TAIL</a>')
     links.append('<a href="#runs">runs used</a>')
     sections = [group_section(key, g, seeds, palette) for key, g in groups]
     if not tp.empty:
@@ -224,6 +242,8 @@ def render(title: str, source: str, used: str, board: pd.DataFrame, seeds: pd.Da
         sections.append(reproduction_section(rep))
     if has_pref:
         sections.append(preference_section(pref, sweeps or {}, palette))
+    if has_mtil:
+        sections.append(mtil_section(mtil))
     sections.append(runs_section(board, used))
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'

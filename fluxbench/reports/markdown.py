@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from fluxbench.reports import mtil as M
 from fluxbench.reports import preference as P
 from fluxbench.reports.format import LEGEND, cell, headline, number
 from fluxbench.reports.reproduction import points, verdict
@@ -69,6 +70,14 @@ def preference_section(pref: pd.DataFrame) -> list[str]:
     return out
 
 
+def mtil_section(table_: pd.DataFrame) -> list[str]:
+    out = ["## MTIL / X-TAIL", "", M.NOTE, ""]
+    for benchmark, g in table_.groupby("benchmark", sort=True):
+        g = g.dropna(axis=1, how="all")
+        out += [f"### {benchmark}", "", table(M.header(g), [M.cells(r, g) for _, r in g.iterrows()], 1), ""]
+    return out
+
+
 def runs_section(board: pd.DataFrame) -> str:
     rows = [[r["benchmark"], r["protocol"], r["method"], r["config_hash"], r["run_id"], r["seed_list"],
              str(r["configs"]), str(r["git_commit"])[:10]] for _, r in board.iterrows()]
@@ -77,7 +86,8 @@ def runs_section(board: pd.DataFrame) -> str:
 
 
 def render(title: str, source: str, used: str, board: pd.DataFrame, tp: pd.DataFrame,
-           rep: pd.DataFrame | None = None, pref: pd.DataFrame | None = None) -> str:
+           rep: pd.DataFrame | None = None, pref: pd.DataFrame | None = None, mtil: pd.DataFrame | None = None
+           ) -> str:
     out = [f"# {title}", "", source, "", LEGEND + ".", ""]
     for (benchmark, protocol), g in board.groupby(GROUP, sort=True):
         out += [f"## {benchmark} · {protocol} (ranked by {label(g['ranked_by'].iloc[0])})", "",
@@ -93,5 +103,7 @@ def render(title: str, source: str, used: str, board: pd.DataFrame, tp: pd.DataF
         out += reproduction_section(rep)
     if pref is not None and not pref.empty:
         out += preference_section(pref)
+    if mtil is not None and not mtil.empty:
+        out += mtil_section(mtil)
     out += ["## Runs used", "", used, "", runs_section(board), ""]
     return "\n".join(out)

@@ -38,6 +38,7 @@ REPRODUCE_TAG = "fluxbench.reproduce"  # JSON: the preset's metric, published fi
 KIND_PROTOCOL, KIND_TRIAL, KIND_SEED = "protocol", "trial", "seed"
 PHASE_TUNING, PHASE_EVALUATION = "tuning", "evaluation"
 PROTOCOL_PREFERENCE = "preference"  # the protocol tag of IBCL's preference evaluation (reports give it a section)
+PROTOCOL_MTIL = "mtil"  # the protocol tag of the MTIL / X-TAIL CLIP stream (reports give it a section)
 
 # -- artifacts -----------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"  # the resolved config

@@ -132,6 +132,14 @@ class StoreReader:
             except Exception:
                 return None
 
+    def history(self, run_id: str, key: str) -> dict[int, float]:
+        """A metric logged with ``step``: ``{step: value}`` (the last value logged at a step); {} when none."""
+        try:
+            points = self.client.get_metric_history(run_id, key)
+        except Exception:  # store errors: that run's curve is left out, not the report
+            return {}
+        return {int(m.step): float(m.value) for m in sorted(points, key=lambda m: (m.step, m.timestamp))}
+
     def json_artifact(self, run_id: str, name: str) -> Any | None:
         """A run's JSON artifact (a name of :mod:`fluxbench.tracking.layout`); None when missing or unreadable."""
         with tempfile.TemporaryDirectory() as tmp:
