@@ -52,7 +52,7 @@ def test_the_new_kind_is_registered_and_kept_out_of_the_other_protocols():
     kinds = {n: get_method(n).kind for n in list_methods()}
     assert {n for n, k in kinds.items() if k == "pretraining"} >= {"cpt_finetune", "locked_text", "locked_image",
                                                                    "cpt_lora", "ema_merge", "bitfit", "zs_merge",
-                                                                   "ft_merge", "lnfit"}
+                                                                   "ft_merge", "lnfit", "cpt_ewc", "cpt_si"}
     assert kinds["finetune"] == "supervised"  # the supervised finetune keeps its name
     cfg = compose_config("protocol=conventional", "method=ema_merge", "benchmark=fomo_digits", "backbone=tiny_clip")
     with pytest.raises(ConfigError, match="continual_pretraining"):
@@ -166,9 +166,13 @@ class Crash(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("name", ["ema_merge", "cpt_migu", "cpt_hft"])
+RESUME = {"ema_merge": (), "cpt_migu": (), "cpt_hft": (), "cpt_si": (),
+          "cpt_ewc": ("method.fisher_samples=16",)}  # EWC: one Fisher batch, so the 4-step budget leaves a step
+
+
+@pytest.mark.parametrize("name", sorted(RESUME))
 def test_kill_and_resume_gives_identical_metrics(name, store, monkeypatch):
-    cfg = config(name, store=store)
+    cfg = config(name, *RESUME[name], store=store)
     tracker = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
     original = cp.PretrainingLoop.experience
 
@@ -189,7 +193,7 @@ def test_kill_and_resume_gives_identical_metrics(name, store, monkeypatch):
     resumed = cp.run(cfg, tracker)
     monkeypatch.undo()
     assert trained == [2]  # the zero-shot point and task 1 came from the checkpoint
-    reference, _ = run_untracked(name)
+    reference, _ = run_untracked(name, *RESUME[name])
     got = resumed["seeds"][0].metrics
     for key in ("A_KA", "A_ZS", "gmean", "A_KA_zero_shot", "budget.steps_per_task"):
         assert got[key] == pytest.approx(reference[key], abs=1e-12), key

@@ -135,6 +135,7 @@ class CptSchedulerSchema:
     name: str = "cosine_with_linear_warmup"
     warmup: float = 0.1
     min_factor: float = 0.001
+    cooldown: float = 0.1  # rsqrt: the fraction of a task's steps of its linear cooldown
 
 
 @dataclass

@@ -8,6 +8,7 @@ from fluxbench.methods import (  # noqa: F401
     codyra,
     cpt_basic,
     cpt_bitfit,
+    cpt_ewc_si,
     cpt_hft,
     cpt_lora,
     cpt_merge,

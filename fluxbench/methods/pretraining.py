@@ -3,14 +3,15 @@
 FoMo-in-Flux (spec ``fomo_in_flux.md`` sections 4-6) updates a CLIP with contrastive image-text training,
 task after task, under a compute budget. The protocol owns the data mixture, the optimiser (AdamW over
 :meth:`trainable_parameters`, built afresh per task with the method's ``lr`` and ``weight_decay``), the
-learning-rate schedule, clipping, AMP, the budget and evaluation. A method says what is its own, and the
-protocol calls, per task ``t``::
+learning-rate schedule, clipping, AMP, the budget (from the cost hooks below) and evaluation. A method says what
+is its own, and the protocol calls, per task ``t``::
 
     method.begin_task(t)
     for each of the task's steps:   loss = method.loss(images, tokens)   # images in [0, 1], NCHW
                                     backward; method.before_optimizer_step(); clip; AdamW step;
                                     method.after_optimizer_step()
-    method.end_task(t)                                                   # merges, Fisher, ...
+    method.end_task_pass(batches)                                        # if end_task_samples() > 0: a Fisher
+    method.end_task(t)                                                   # merges, anchors, ...
     method.task_metrics()                                                # logged as step.<key> of task t
     method.evaluation_model()                                            # what is scored after task t
 
@@ -20,7 +21,7 @@ The model is CLIP as :class:`fluxbench.backbones.clip.ClipBackbone` holds it (``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -73,10 +74,14 @@ class PretrainingMethod(Method):
         text = F.normalize(self.model.text.encode_text(tokens), dim=-1)
         return image, text
 
-    def loss(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Symmetric InfoNCE over the whole (mixed) batch with the learnable logit scale, plus :meth:`penalty`."""
+    def contrastive_loss(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE over the whole (mixed) batch with the learnable logit scale."""
         image, text = self.features(images, tokens)
-        return self.loss_fn(image.float(), text.float(), self.model.text.logit_scale.exp()) + self.penalty()
+        return self.loss_fn(image.float(), text.float(), self.model.text.logit_scale.exp())
+
+    def loss(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The step's loss: :meth:`contrastive_loss` plus :meth:`penalty`."""
+        return self.contrastive_loss(images, tokens) + self.penalty()
 
     def penalty(self) -> torch.Tensor | float:
         """A regulariser added to the contrastive loss (EWC, SI); none by default."""
@@ -98,9 +103,29 @@ class PretrainingMethod(Method):
         """Numbers about the task just trained, logged by the protocol as ``step.<key>``; none by default."""
         return {}
 
-    def end_task_flops(self) -> float:
-        """FLOPs of :meth:`end_task` beyond the steps (EWC's Fisher...), charged to the task's budget."""
+    def end_task_samples(self) -> int:
+        """Samples of the task's update pool that :meth:`end_task_pass` reads (EWC's Fisher); 0: no pass."""
+        return 0
+
+    def end_task_pass(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Called after the task's last step, before :meth:`end_task`, with (images, tokens) batches of the working
+        size drawn from the task's update pool (``min(end_task_samples(), pool size)`` samples), when
+        :meth:`end_task_samples` is positive. The budget charges each batch one forward + backward."""
+
+    def end_task_flops(self, pass_batches: int) -> float:
+        """FLOPs of :meth:`end_task_pass` and :meth:`end_task` beyond the forward + backward of each of the
+        ``pass_batches`` batches (elementwise work FlopCounterMode does not count), charged once per task."""
         return 0.0
+
+    def step_extra_flops(self) -> float:
+        """Elementwise FLOPs of every step that FlopCounterMode does not count (a penalty's, SI's path
+        integral); the budget adds them to the counted per-step FLOPs."""
+        return 0.0
+
+    def step_state(self) -> list[torch.Tensor]:
+        """Tensors beside the model that every step reads (EWC's Fisher and anchor...): the CPU memory proxy of
+        the budget counts their bytes (on CUDA the measured peak holds them)."""
+        return []
 
     def evaluation_model(self) -> nn.Module:
         """The CLIP scored after a task (a merge may score another set of weights than it trains)."""

@@ -152,7 +152,7 @@ def measure_budget(cfg: Mapping[str, Any], bench: FifBenchmark, opts: Mapping[st
     pool = data.update_pool(bench.reader, bench.stream, exp, bench.caption_seed, method.tokenize)
     index = torch.arange(int(opts["batch_size"])) % len(pool)
     images, tokens = images_to_float(pool.images[index], ctx.device), pool.tokens[index].to(ctx.device)
-    return derive_budget(method, reference, images, tokens, opts["budget"], ctx.amp)
+    return derive_budget(method, reference, images, tokens, opts["budget"], ctx.amp, len(pool))
 
 
 def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:

@@ -3,13 +3,15 @@
 The step: the mixed batch through :meth:`PretrainingMethod.loss` (symmetric InfoNCE over the whole batch with
 the learnable logit scale), backward, gradient clipping, AdamW, CLIP's logit-scale clamp. AMP: bf16 autocast
 on CUDA (no GradScaler: bf16 has float32's range). The optimiser is built afresh per task, its schedule
-restarted: so a task boundary is the whole state, and a resumed seed continues exactly.
+restarted: so a task boundary is the whole state, and a resumed seed continues exactly. A method that reads its
+task's data once more at the task's end (EWC's Fisher) gets it in working-size batches of the update pool.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -62,6 +64,20 @@ def train_step(method: Any, opt: torch.optim.Optimizer, images: torch.Tensor, to
     return float(loss.detach())
 
 
+def end_task_batch_count(samples: int, pool_size: int, batch_size: int) -> int:
+    """Batches of the end-of-task pass: ``min(samples, pool_size)`` samples in batches of ``batch_size`` (the
+    budget charges each one forward + backward)."""
+    return math.ceil(min(samples, pool_size) / batch_size) if samples > 0 else 0
+
+
+def end_task_batches(pool: ImageTextPool, samples: int, batch_size: int, generator: torch.Generator,
+                     device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The end-of-task pass: a seeded draw without replacement of ``min(samples, len(pool))`` samples."""
+    order = torch.randperm(len(pool), generator=generator)[:min(samples, len(pool))]
+    for index in order.split(batch_size):
+        yield images_to_float(pool.images[index], device), pool.tokens[index].to(device)
+
+
 def train_task(method: Any, batches: MixedBatches, steps: int, task: int, opts: Mapping[str, Any],
                device: torch.device, amp: bool) -> float:
     """``steps`` mixed-batch steps of task ``task`` between the method's task hooks; the mean training loss."""
@@ -74,6 +90,10 @@ def train_task(method: Any, batches: MixedBatches, steps: int, task: int, opts: 
             group["lr"] = lr_at(step, steps, task, method.hparams.lr, opts["scheduler"])
         images, tokens = batch_tensors(batches.next(), device)
         total += train_step(method, opt, images, tokens, float(opts["grad_clip"]), amp)
+    samples = method.end_task_samples()
+    if samples > 0:  # after the steps, from the task's own generator: a resumed seed draws the same pass
+        method.end_task_pass(end_task_batches(batches.pools["update"], samples, int(opts["batch_size"]),
+                                              batches.gen, device))
     method.end_task(task)
     method.eval()
     return total / max(1, steps)
