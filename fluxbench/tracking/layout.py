@@ -32,6 +32,8 @@ FINGERPRINT_TAG = "data_fingerprint.{role}"  # .format(role="tuning" | "evaluati
 SELECTED_TAG = "selected.{name}"  # two_phase: a selected hyperparameter value
 PRESET_TAG = "fluxbench.preset"  # the conf/experiment/ preset a parent run reproduces (fluxbench reproduce)
 DEVIATION_TAG = "fluxbench.deviation"  # a run that departs from its spec says how (continual pretraining: no pool)
+PRETRAINING_POOL_TAG = "fluxbench.pretraining_pool"  # continual pretraining: the pool's source (none, digits, path)
+PRETRAINING_POOL_SIZE_TAG = "fluxbench.pretraining_pool.size"  # image-text pairs read from a user's pool
 REPRODUCE_TAG = "fluxbench.reproduce"  # JSON: the preset's metric, published figure (%), tolerance, source
 
 # -- values --------------------------------------------------------------------------------
