@@ -13,6 +13,7 @@ from fluxbench.reports import html, markdown
 from fluxbench.reports.collect import Collected, collect
 from fluxbench.reports.format import cell, used_sentence
 from fluxbench.reports.preference import preference_table, sweeps
+from fluxbench.reports.pretraining import pretraining_table, update_paths
 from fluxbench.reports.reproduction import points, reproduction_table
 from fluxbench.reports.tables import GROUP, label, leaderboard, seed_metrics, two_phase_table
 
@@ -26,6 +27,8 @@ class Report:
     reproduction: pd.DataFrame  # runs of conf/experiment/ presets against their published figures
     preference: pd.DataFrame = field(default_factory=pd.DataFrame)  # protocol=preference: per-task table
     sweeps: dict = field(default_factory=dict)  # protocol=preference: (benchmark, method) -> two-task sweep
+    pretraining: pd.DataFrame = field(default_factory=pd.DataFrame)  # protocol=continual_pretraining: per method
+    paths: dict = field(default_factory=dict)  # protocol=continual_pretraining: (benchmark, method) -> (A_ZS, A_KA)
 
     @property
     def title(self) -> str:
@@ -47,21 +50,23 @@ def build(uri: str, experiment: str) -> Report:
     per_seed = seed_metrics(collected.seeds)
     board = leaderboard(collected.parents, per_seed)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    paths = update_paths(uri, board, collected.seeds)
     return Report(collected, board, two_phase_table(board, collected.parents), generated,
                   reproduction_table(collected.parents, per_seed),
                   preference_table(collected.parents, collected.seeds),
-                  sweeps(uri, collected.parents, collected.seeds))
+                  sweeps(uri, collected.parents, collected.seeds), pretraining_table(board, paths), paths)
 
 
 def write(report: Report, out: Path) -> list[Path]:
-    """Write the three files (and ``two_phase.csv`` / ``reproduction.csv`` / ``preference.csv`` when there are
-    such runs) into ``out``."""
+    """Write the three files (and ``two_phase.csv`` / ``reproduction.csv`` / ``preference.csv`` /
+    ``continual_pretraining.csv`` when there are such runs) into ``out``."""
     files = {
         "leaderboard.md": markdown.render(report.title, report.source, report.used, report.board, report.two_phase,
-                                          report.reproduction, report.preference),
+                                          report.reproduction, report.preference, report.pretraining),
         "leaderboard.csv": report.board.to_csv(index=False),
         "index.html": html.render(report.title, report.source, report.used, report.board, report.collected.seeds,
-                                  report.two_phase, report.reproduction, report.preference, report.sweeps),
+                                  report.two_phase, report.reproduction, report.preference, report.sweeps,
+                                  report.pretraining, report.paths),
     }
     if not report.two_phase.empty:
         files["two_phase.csv"] = report.two_phase.to_csv(index=False)
@@ -69,6 +74,8 @@ def write(report: Report, out: Path) -> list[Path]:
         files["reproduction.csv"] = report.reproduction.to_csv(index=False)
     if not report.preference.empty:
         files["preference.csv"] = report.preference.to_csv(index=False)
+    if not report.pretraining.empty:
+        files["continual_pretraining.csv"] = report.pretraining.to_csv(index=False)
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():

@@ -40,6 +40,7 @@ REPRODUCE_TAG = "fluxbench.reproduce"  # JSON: the preset's metric, published fi
 KIND_PROTOCOL, KIND_TRIAL, KIND_SEED = "protocol", "trial", "seed"
 PHASE_TUNING, PHASE_EVALUATION = "tuning", "evaluation"
 PROTOCOL_PREFERENCE = "preference"  # the protocol tag of IBCL's preference evaluation (reports give it a section)
+PROTOCOL_CONTINUAL_PRETRAINING = "continual_pretraining"  # FoMo-in-Flux (reports give it its own table, paths)
 
 # -- artifacts -----------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"  # the resolved config
