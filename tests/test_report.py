@@ -192,8 +192,8 @@ def test_continual_pretraining_section_table_csv_and_update_paths(report, files)
         assert path == pytest.approx(expected, abs=1e-6)
     md = (files / "leaderboard.md").read_text()
     assert "## fomo_digits · continual_pretraining (ranked by gmean of A_KA, A_ZS (%))" in md
-    assert ("| rank | method | A_KA (%) | A_ZS (%) | gmean (%) | zero-shot A_KA / A_ZS (%) | steps/task | FLOPs/step "
-            "| memory x | training FLOPs | seeds |") in md
+    assert ("| rank | method | A_KA (%) | A_ZS (%) | gmean (%) | zero-shot KA / ZS | steps/task | FLOPs/step "
+            "| mem x | train FLOPs | seeds |") in md
     g = gmeans["ema_merge"]
     assert (f"| 1 | ema_merge | 61.00 ± 1.41 | 54.00 ± 1.41 | {100 * np.mean(g):.2f} ± {100 * np.std(g, ddof=1):.2f} "
             "| 30.00 / 60.00 | 20 | 2.00 G | 1.000 | 80.0 G | 2 |") in md

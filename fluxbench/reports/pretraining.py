@@ -22,7 +22,8 @@ RESULTS = ("A_KA", "A_ZS", "gmean")
 NOTE = ("A_KA: mean score over the adaptation datasets (knowledge accumulation), A_ZS: over the evaluation-only "
         "datasets (zero-shot retention), gmean: their geometric mean; final = after the last task (every test "
         "image), zero-shot = before training; mean ± std over seeds, %. Steps: each method's steps per task under "
-        "full fine-tuning's memory-adjusted FLOPs budget; training FLOPs = tasks x steps x FLOPs per step.")
+        "full fine-tuning's memory-adjusted FLOPs budget (mem x: the memory multiplier); train FLOPs = tasks x steps x "
+        "FLOPs per step.")
 
 
 def pretraining_rows(board: pd.DataFrame) -> pd.DataFrame:
@@ -87,8 +88,8 @@ def count(value: float) -> str:
     return "-" if pd.isna(value) else f"{value:.0f}"
 
 
-HEADER = ["rank", "method", "A_KA (%)", "A_ZS (%)", "gmean (%)", "zero-shot A_KA / A_ZS (%)", "steps/task",
-          "FLOPs/step", "memory x", "training FLOPs", "seeds"]
+HEADER = ["rank", "method", "A_KA (%)", "A_ZS (%)", "gmean (%)", "zero-shot KA / ZS", "steps/task", "FLOPs/step",
+          "mem x", "train FLOPs", "seeds"]
 
 
 def cells(row: pd.Series, si) -> list[str]:
