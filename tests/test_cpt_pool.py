@@ -21,6 +21,7 @@ from fluxbench.cli import main
 from fluxbench.errors import DataError
 from fluxbench.protocols import continual_pretraining as cp
 from fluxbench.protocols import with_protocol_defaults
+from fluxbench.reports import build
 from fluxbench.tracking import Tracker
 from fluxbench.tracking.layout import DEVIATION_TAG, KIND_PROTOCOL, KIND_TAG, PRETRAINING_POOL_SIZE_TAG
 
@@ -146,7 +147,16 @@ def test_a_webdataset_pool_feeds_the_pretraining_sub_batch(tmp_path, store):
     tags = parent_tags(cfg)
     assert tags["fluxbench.pretraining_pool"] == str(shard) and tags[PRETRAINING_POOL_SIZE_TAG] == "10"
     assert DEVIATION_TAG not in tags
-    assert np.isfinite(result["seeds"][0].metrics["A_KA"])
+    logged = result["seeds"][0].metrics
+    # the report reads this real run: its row and its update path are the seed's logged numbers
+    report = build(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
+    row = report.pretraining.set_index("method").loc["cpt_finetune"]
+    assert row["A_KA_mean"] == pytest.approx(logged["A_KA"]) and row["gmean_mean"] == pytest.approx(logged["gmean"])
+    assert row["steps_per_task"] == logged["budget.steps_per_task"] and row["tasks"] == 2
+    path = report.paths[("fomo_digits", "cpt_finetune")]
+    assert path.shape == (3, 2)
+    assert path[0] == pytest.approx([logged["A_ZS_zero_shot"], logged["A_KA_zero_shot"]], abs=1e-6)
+    assert path[-1] == pytest.approx([logged["A_ZS"], logged["A_KA"]], abs=1e-6)
     loop_cfg = config(f"protocol.pretraining_pool={shard}", store=store)
     pairs = cp.data.read_pairs(loop_cfg)
     assert len(pairs) == 12 and pairs.images.shape[1:] == (32, 32, 3)  # the benchmark's image size
