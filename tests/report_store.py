@@ -37,6 +37,14 @@ TWO_PHASE = {"finetune": (0.90, 0.57), "replay": (0.85, 0.49), "prototype": (0.8
 TTA_ERRORS = {"source": {"gaussian_noise-5": (0.70, 0.72), "fog-5": (0.40, 0.44), "jpeg_compression-5": (0.50, 0.50)},
               "tent": {"gaussian_noise-5": (0.55, 0.53), "fog-5": (0.35, 0.33), "jpeg_compression-5": (0.45, 0.47)}}
 
+# continual pretraining (the layout protocol=continual_pretraining writes): method -> per seed, the (A_KA, A_ZS)
+# after each of 2 tasks (the zero-shot point is shared), and the budget's steps per task
+CPT_ZERO_SHOT = (0.30, 0.60)
+CPT_PATHS = {"cpt_finetune": ([(0.50, 0.50), (0.70, 0.40)], [(0.52, 0.48), (0.72, 0.38)], 20),
+             "ema_merge": ([(0.45, 0.58), (0.60, 0.55)], [(0.47, 0.56), (0.62, 0.53)], 20),
+             "cpt_lora": ([(0.35, 0.60), (0.40, 0.59)], [(0.37, 0.60), (0.42, 0.57)], 27)}
+CPT_GFLOPS = {"cpt_finetune": 2.0, "ema_merge": 2.0, "cpt_lora": 1.6}
+
 
 @dataclass
 class Store:
@@ -137,6 +145,34 @@ def tta_runs(tracker: Tracker) -> None:
         tracker.end(parent)
 
 
+def cpt_table(path: list[tuple[float, float]]) -> str:
+    """A seed's dataset-by-task table as the protocol writes it (row 0: the zero-shot point)."""
+    rows = ["task,d0:adapt,d1:eval,A_KA,A_ZS,gmean"]
+    for t, (ka, zs) in enumerate([CPT_ZERO_SHOT, *path]):
+        rows.append(f"{t},{ka:.6f},{zs:.6f},{ka:.6f},{zs:.6f},{np.sqrt(ka * zs):.6f}")
+    return "\n".join(rows) + "\n"
+
+
+def cpt_runs(tracker: Tracker) -> None:
+    for method, (*seeds, steps) in CPT_PATHS.items():
+        parent = tracker.start(f"continual_pretraining: {method}", f"cpt-{method}", "protocol",
+                               tags={"protocol": "continual_pretraining", "method": method, "benchmark": "fomo_digits",
+                                     "fluxbench.rank_metric": "gmean", "fluxbench.rank_order": "max"})
+        for seed, path in enumerate(seeds):
+            run = tracker.start(f"seed {seed}", f"cpt-{method}-s{seed}", "seed", parent.run_id,
+                                {"seed": seed, "phase": "evaluation"})
+            ka, zs = path[-1]
+            tracker.log_metrics(run, {"A_KA": ka, "A_ZS": zs, "gmean": float(np.sqrt(ka * zs)),
+                                      "A_KA_zero_shot": CPT_ZERO_SHOT[0], "A_ZS_zero_shot": CPT_ZERO_SHOT[1],
+                                      "budget.steps_per_task": steps, "budget.gflops_per_step": CPT_GFLOPS[method],
+                                      "budget.memory_multiplier": 1.0 if steps == 20 else 0.93})
+            for t, (k, z) in enumerate([CPT_ZERO_SHOT, *path]):
+                tracker.log_metrics(run, {"step.A_KA": k, "step.A_ZS": z}, step=t)
+            tracker.log_text(run, cpt_table(path), "dataset_task_accuracy.csv")
+            tracker.end(run)
+        tracker.end(parent)
+
+
 def running_run(tracker: Tracker) -> str:
     parent = protocol_run(tracker, "still-running", "conventional", "joint", "digits")
     seed_run(tracker, parent.run_id, "still-running-s0", 0, "evaluation", np.eye(3) * 0 + 1.0)
@@ -156,6 +192,7 @@ def build_store(root: Path) -> Store:
     finally:
         torch.set_num_threads(threads)
     tta_runs(tracker)
+    cpt_runs(tracker)
     running_id = running_run(tracker)
     two_phase_by_hand(Tracker(uri, BY_HAND))
     return Store(root, uri, f"sqlite:///{root / 'empty.db'}", finished, real_two_phase, failed_id, running_id)

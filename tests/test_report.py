@@ -13,6 +13,9 @@ import pandas as pd
 import pytest
 from report_store import (
     BY_HAND,
+    CPT_GFLOPS,
+    CPT_PATHS,
+    CPT_ZERO_SHOT,
     EXPERIMENT,
     SIZES,
     TTA_ERRORS,
@@ -171,9 +174,42 @@ def test_tta_rows_rank_by_mean_error_with_errors_per_domain(report, files):
     assert "digits-c · online_tta: error per domain (%)" in md and "| tent | 34.00 | 54.00 | 46.00 |" in md
 
 
+def test_continual_pretraining_section_table_csv_and_update_paths(report, files):
+    cpt = report.pretraining.set_index("method")
+    gmeans = {m: [float(np.sqrt(s[-1][0] * s[-1][1])) for s in seeds[:2]] for m, seeds in CPT_PATHS.items()}
+    assert cpt["rank"].to_dict() == {"ema_merge": 1, "cpt_finetune": 2, "cpt_lora": 3}  # by gmean
+    for method, (*seeds, steps) in CPT_PATHS.items():
+        finals = np.array([s[-1] for s in seeds])
+        assert cpt.loc[method, "A_KA_mean"] == pytest.approx(finals[:, 0].mean())
+        assert cpt.loc[method, "A_ZS_std"] == pytest.approx(finals[:, 1].std(ddof=1))
+        assert cpt.loc[method, "gmean_mean"] == pytest.approx(np.mean(gmeans[method]))
+        assert cpt.loc[method, "A_KA_zero_shot"] == pytest.approx(CPT_ZERO_SHOT[0])
+        assert cpt.loc[method, "steps_per_task"] == steps and cpt.loc[method, "tasks"] == 2
+        assert cpt.loc[method, "training_flops"] == pytest.approx(2 * steps * CPT_GFLOPS[method] * 1e9)
+        # the path: the zero-shot point, then one point per task, (A_ZS, A_KA), mean over seeds
+        path = report.paths[("fomo_digits", method)]
+        expected = np.mean([[CPT_ZERO_SHOT[::-1], *[(zs, ka) for ka, zs in s]] for s in seeds], axis=0)
+        assert path == pytest.approx(expected, abs=1e-6)
+    md = (files / "leaderboard.md").read_text()
+    assert "## fomo_digits · continual_pretraining (ranked by gmean of A_KA, A_ZS (%))" in md
+    assert ("| rank | method | A_KA (%) | A_ZS (%) | gmean (%) | zero-shot KA / ZS | steps/task | FLOPs/step "
+            "| mem x | train FLOPs | seeds |") in md
+    g = gmeans["ema_merge"]
+    assert (f"| 1 | ema_merge | 61.00 ± 1.41 | 54.00 ± 1.41 | {100 * np.mean(g):.2f} ± {100 * np.std(g, ddof=1):.2f} "
+            "| 30.00 / 60.00 | 20 | 2.00 G | 1.000 | 80.0 G | 2 |") in md
+    assert "| 3 | cpt_lora | 41.00 ± 1.41 | 58.00 ± 1.41 |" in md and "| 27 | 1.60 G | 0.930 | 86.4 G | 2 |" in md
+    csv = pd.read_csv(files / "continual_pretraining.csv").set_index("method")
+    assert csv.loc["cpt_lora", "A_ZS_mean"] == pytest.approx(0.58) and csv.loc["cpt_lora", "steps_per_task"] == 27
+    page = (files / "index.html").read_text()
+    start = page.index('<section class="card" id="fomo-digits-continual-pretraining">')
+    section = page[start:page.index("</section>", start)]
+    assert section.count('<table class="leaderboard pretraining">') == 1 and section.count("<tr>") == 1 + 3
+    assert section.count('src="data:image/png;base64,') == 1 and "Update paths in (A_ZS, A_KA)" in section
+
+
 def test_files_one_row_per_method_benchmark_protocol(report, files):
     csv = pd.read_csv(files / "leaderboard.csv")
-    assert len(csv) == 2 + 2 + len(TTA_ERRORS)
+    assert len(csv) == 2 + 2 + len(TTA_ERRORS) + len(CPT_PATHS)
     assert not csv.duplicated(["benchmark", "protocol", "method"]).any()
     md = (files / "leaderboard.md").read_text()
     proto = rows(report, "conventional").loc["prototype"]
@@ -190,8 +226,9 @@ def test_cli_writes_the_report_and_prints_the_ranking(cli):
     assert "digits · conventional (ranked by last acc (%)):" in out and "1. prototype" in out
     assert "two-phase digits: prototype conventional rank 1 -> two-phase rank 1" in out
     assert "Skipped 2 protocol runs (1 failed, 1 running)." in out
-    assert sorted(p.name for p in folder.iterdir()) == ["index.html", "leaderboard.csv", "leaderboard.md",
-                                                        "two_phase.csv"]
+    assert "fomo_digits · continual_pretraining (ranked by gmean of A_KA, A_ZS (%)):" in out
+    assert sorted(p.name for p in folder.iterdir()) == ["continual_pretraining.csv", "index.html", "leaderboard.csv",
+                                                        "leaderboard.md", "two_phase.csv"]
 
 
 def one_line_error(capsys, *args: str) -> str:

@@ -45,11 +45,18 @@ def test_page_renders_offline_with_every_image_and_no_errors(browser, page_file)
 
     tables = page.locator("table.leaderboard")
     groups = list(report.board.groupby(["benchmark", "protocol"], sort=True))
-    assert tables.count() == len(groups) == 3
+    assert tables.count() == len(groups) == 4
     for i, (_, group) in enumerate(groups):
         methods = tables.nth(i).locator("tbody tr td.method").all_inner_texts()
         assert sorted(m.strip() for m in methods) == sorted(group["method"])  # one row per method
     assert page.locator("table.two-phase tbody tr").count() == len(report.two_phase) == 2
+
+    cpt = page.locator("#fomo-digits-continual-pretraining")
+    assert cpt.locator("table.pretraining tbody tr").count() == len(report.pretraining) == 3
+    assert "A_KA (%)" in cpt.locator("table.pretraining thead").inner_text()
+    path = cpt.locator("img[alt^='Update paths']")
+    assert path.count() == 1 and path.evaluate("i => i.complete && i.naturalWidth > 300 && i.naturalHeight > 300")
+    assert path.bounding_box()["width"] > 300  # laid out on the page, not collapsed
 
     images = page.locator("img")
     assert images.count() >= 8

@@ -155,6 +155,8 @@ class ContinualPretrainingSchema:
     scheduler: CptSchedulerSchema = field(default_factory=CptSchedulerSchema)
     grad_clip: float = 1.0
     eval: CptEvalSchema = field(default_factory=CptEvalSchema)
+    pretraining_pool: str | None = None  # a caption folder or webdataset shards; null: the benchmark's own pool
+    pretraining_pool_limit: int | None = None  # the first N pairs of the pool; null: all
 
 
 SCHEMAS = {

@@ -12,12 +12,14 @@ and is ranked by ``gmean`` (higher is better). The budget is derived once per ca
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
+from fluxbench.benchmarks.image_text import ImageTextPairs
 from fluxbench.cache import recipe_hash
 from fluxbench.errors import ConfigError
 from fluxbench.fomo.benchmark import FifBenchmark, open_benchmark
@@ -35,7 +37,17 @@ from fluxbench.protocols.setup import method_context, resolve_device
 from fluxbench.protocols.summary import format_table
 from fluxbench.streams.experience import Experience
 from fluxbench.tracking import Tracker, config_hash
-from fluxbench.tracking.layout import DATASET_TASK_ARTIFACT, DEVIATION_TAG, FINGERPRINT_TAG
+from fluxbench.tracking.layout import (
+    DATASET_TASK_ARTIFACT,
+    DEVIATION_TAG,
+    FINGERPRINT_TAG,
+)
+from fluxbench.tracking.layout import (
+    PRETRAINING_POOL_SIZE_TAG as POOL_SIZE_TAG,
+)
+from fluxbench.tracking.layout import (
+    PRETRAINING_POOL_TAG as POOL_TAG,
+)
 
 CURVES = ("A_KA", "A_ZS", "gmean")
 REFERENCE = "cpt_finetune"  # full fine-tuning: the method whose steps define the budget
@@ -47,7 +59,8 @@ def options(cfg: Mapping[str, Any], has_pool: bool) -> tuple[dict[str, Any], str
     mixture = check_mixture(proto.get("data_mixture"))
     deviation = ""
     if not has_pool and mixture["pretraining"] > 0:
-        deviation = (f"no pretraining pool (benchmark.pretraining_pool is null): data_mixture "
+        deviation = (f"no pretraining pool (protocol.pretraining_pool and benchmark.pretraining_pool are null): "
+                     f"data_mixture "
                      f"{'/'.join(f'{mixture[p]:g}' for p in POOLS)} replaced by "
                      f"{'/'.join(f'{NO_PRETRAINING_MIXTURE[p]:g}' for p in POOLS)}")
         mixture = dict(NO_PRETRAINING_MIXTURE)
@@ -64,10 +77,12 @@ class PretrainingLoop:
     resumable = True
 
     def __init__(self, cfg: Mapping[str, Any], bench: FifBenchmark, opts: Mapping[str, Any], budget: Budget,
-                 deviation: str) -> None:
+                 deviation: str, pairs: ImageTextPairs | None = None) -> None:
         self.cfg, self.bench, self.opts, self.budget, self.deviation = cfg, bench, opts, budget, deviation
         self.datasets = (*bench.adapt_datasets, *bench.eval_datasets)
-        pool = cfg["benchmark"].get("pretraining_pool")
+        self.pairs = pairs  # the user's pool, decoded once per call (None: the digits pool, or none)
+        pool = {"spec": data.pool_spec(cfg), "limit": opts.get("pretraining_pool_limit"),
+                **({"digest": pairs.digest()} if pairs is not None else {})}
         self.fingerprint = recipe_hash({"stream": fif_manifest(bench.stream), "pretraining_pool": pool,
                                         "eval": list(bench.eval_datasets)})
         self.seed, self.pools, self.pretraining = 0, [], None
@@ -93,10 +108,11 @@ class PretrainingLoop:
 
     def _task_pools(self, method: Method, stream: list[Experience], task: int) -> dict[str, ImageTextPool | None]:
         # built lazily and kept for the seed: a resumed seed rebuilds them from the same files and seeds
-        if self.pretraining is None and self.cfg["benchmark"].get("pretraining_pool"):
+        if self.pretraining is None and data.pool_spec(self.cfg):
             size = int(self.cfg["benchmark"].get("image_size", 32))
-            self.pretraining = data.pretraining_pool(self.cfg["benchmark"]["pretraining_pool"], self.cfg["data_root"],
-                                                     size, method.tokenize, self.seed)
+            spec = self.pairs if self.pairs is not None else data.pool_spec(self.cfg)
+            self.pretraining = data.pretraining_pool(spec, self.cfg["data_root"], size, method.tokenize, self.seed,
+                                                     self.opts.get("pretraining_pool_limit"))
         while len(self.pools) <= task:
             k = len(self.pools)
             self.pools.append(data.update_pool(self.bench.reader, self.bench.stream, stream[k],
@@ -155,18 +171,31 @@ def measure_budget(cfg: Mapping[str, Any], bench: FifBenchmark, opts: Mapping[st
     return derive_budget(method, reference, images, tokens, opts["budget"], ctx.amp, len(pool))
 
 
+def pool_tags(cfg: Mapping[str, Any], pairs: ImageTextPairs | None) -> dict[str, str]:
+    """Where the pretraining pool came from (and how many pairs a user's pool gave), as parent tags."""
+    spec = data.pool_spec(cfg)
+    if not spec:
+        return {POOL_TAG: "none"}
+    if pairs is None:
+        return {POOL_TAG: str(spec.get("kind", spec)) if isinstance(spec, Mapping) else str(spec)}
+    return {POOL_TAG: pairs.source, POOL_SIZE_TAG: str(len(pairs))}
+
+
 def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
     preflight(cfg, kind="pretraining")
     if cfg["benchmark"].get("kind") != "fomo_in_flux":
         raise ConfigError(f"protocol=continual_pretraining needs an image-text FoMo-in-Flux benchmark (benchmark="
                           f"fomo_digits or fomo_in_flux); got benchmark={cfg['benchmark'].get('name')}")
-    opts, deviation = options(cfg, bool(cfg["benchmark"].get("pretraining_pool")))
+    opts, deviation = options(cfg, bool(data.pool_spec(cfg)))
+    pairs = data.read_pairs(cfg)  # a missing or corrupt pool fails here, in one line, before any run
+    if deviation:
+        print(f"fluxbench: deviation from the spec: {deviation}", file=sys.stderr)
     bench = open_benchmark(cfg["benchmark"], cfg["data_root"])
     budget = measure_budget(cfg, bench, opts)
-    loop = PretrainingLoop(cfg, bench, opts, budget, deviation)
+    loop = PretrainingLoop(cfg, bench, opts, budget, deviation, pairs)
     label = f"{cfg['method']['name']} on {cfg['benchmark']['name']}"
-    tags = {FINGERPRINT_TAG.format(role="evaluation"): loop.fingerprint, **({DEVIATION_TAG: deviation}
-                                                                              if deviation else {})}
+    tags = {FINGERPRINT_TAG.format(role="evaluation"): loop.fingerprint, **pool_tags(cfg, pairs),
+            **({DEVIATION_TAG: deviation} if deviation else {})}
     call = ProtocolCall("continual_pretraining", label, config_hash(cfg, loop.fingerprint), tags,
                         rank_metric="gmean", rank_order="max")
     shown = ["A_KA", "A_ZS", "gmean", "A_KA_zero_shot", "A_ZS_zero_shot"]

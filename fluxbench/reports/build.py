@@ -14,6 +14,7 @@ from fluxbench.reports.collect import Collected, collect
 from fluxbench.reports.format import cell, used_sentence
 from fluxbench.reports.mtil import mtil_table
 from fluxbench.reports.preference import preference_table, sweeps
+from fluxbench.reports.pretraining import pretraining_table, update_paths
 from fluxbench.reports.reproduction import points, reproduction_table
 from fluxbench.reports.tables import GROUP, label, leaderboard, seed_metrics, two_phase_table
 
@@ -28,6 +29,8 @@ class Report:
     preference: pd.DataFrame = field(default_factory=pd.DataFrame)  # protocol=preference: per-task table
     sweeps: dict = field(default_factory=dict)  # protocol=preference: (benchmark, method) -> two-task sweep
     mtil: pd.DataFrame = field(default_factory=pd.DataFrame)  # protocol=mtil: Transfer/Average/Last, rank per task
+    pretraining: pd.DataFrame = field(default_factory=pd.DataFrame)  # protocol=continual_pretraining: per method
+    paths: dict = field(default_factory=dict)  # protocol=continual_pretraining: (benchmark, method) -> (A_ZS, A_KA)
 
     @property
     def title(self) -> str:
@@ -49,23 +52,25 @@ def build(uri: str, experiment: str) -> Report:
     per_seed = seed_metrics(collected.seeds)
     board = leaderboard(collected.parents, per_seed)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    paths = update_paths(uri, board, collected.seeds)
     return Report(collected, board, two_phase_table(board, collected.parents), generated,
                   reproduction_table(collected.parents, per_seed),
                   preference_table(collected.parents, collected.seeds),
                   sweeps(uri, collected.parents, collected.seeds),
-                  mtil_table(uri, collected.parents, collected.seeds))
+                  mtil=mtil_table(uri, collected.parents, collected.seeds),
+                  pretraining=pretraining_table(board, paths), paths=paths)
 
 
 def write(report: Report, out: Path) -> list[Path]:
-    """Write the three files (and ``two_phase.csv`` / ``reproduction.csv`` / ``preference.csv`` / ``mtil.csv``
-    when there are such runs) into ``out``."""
+    """Write the three files (and ``two_phase.csv`` / ``reproduction.csv`` / ``preference.csv`` / ``mtil.csv`` /
+    ``continual_pretraining.csv`` when there are such runs) into ``out``."""
     files = {
         "leaderboard.md": markdown.render(report.title, report.source, report.used, report.board, report.two_phase,
-                                          report.reproduction, report.preference, report.mtil),
+                                          report.reproduction, report.preference, report.mtil, report.pretraining),
         "leaderboard.csv": report.board.to_csv(index=False),
         "index.html": html.render(report.title, report.source, report.used, report.board, report.collected.seeds,
                                   report.two_phase, report.reproduction, report.preference, report.sweeps,
-                                  report.mtil),
+                                  report.mtil, report.pretraining, report.paths),
     }
     if not report.two_phase.empty:
         files["two_phase.csv"] = report.two_phase.to_csv(index=False)
@@ -75,6 +80,8 @@ def write(report: Report, out: Path) -> list[Path]:
         files["preference.csv"] = report.preference.to_csv(index=False)
     if not report.mtil.empty:
         files["mtil.csv"] = report.mtil.to_csv(index=False)
+    if not report.pretraining.empty:
+        files["continual_pretraining.csv"] = report.pretraining.to_csv(index=False)
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():

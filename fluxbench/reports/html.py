@@ -11,7 +11,8 @@ import pandas as pd
 from fluxbench.reports import mtil as M
 from fluxbench.reports import plots
 from fluxbench.reports import preference as P
-from fluxbench.reports.format import LEGEND, headline, number, parts
+from fluxbench.reports import pretraining as C
+from fluxbench.reports.format import LEGEND, headline, number, parts, si
 from fluxbench.reports.reproduction import points, verdict
 from fluxbench.reports.tables import GROUP, compute_columns, diverged_note, label
 
@@ -110,10 +111,44 @@ def figure_html(uri: str | None, caption: str, wide: bool = False) -> str:
             f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
-def group_section(key: tuple[str, str], group: pd.DataFrame, seeds: pd.DataFrame, palette: dict[str, str]) -> str:
+def pretraining_table(rows: pd.DataFrame, palette: dict[str, str]) -> str:
+    """The continual-pretraining leaderboard: final A_KA, A_ZS, gmean, the zero-shot point, steps and FLOPs."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in C.HEADER)
+    body = []
+    for _, r in rows.iterrows():
+        rank, method, *rest = C.cells(r, si)
+        body.append(f'<tr><td><span class="{"rank r1" if r["rank"] == 1 else "rank"}">{rank}</span></td>'
+                    f'<td class="method"><span class="dot" style="background:{palette[method]}"></span>'
+                    f'{escape(method)}</td>' + "".join(f"<td>{escape(c)}</td>" for c in rest) + "</tr>")
+    return (f'<div class="scroll"><table class="leaderboard pretraining"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div><p class="legend">{escape(C.NOTE)}</p>')
+
+
+def pretraining_parts(benchmark: str, cpt: pd.DataFrame | None, paths: dict | None,
+                      palette: dict[str, str]) -> tuple[str, list[str]]:
+    rows = pd.DataFrame() if cpt is None or cpt.empty else cpt[cpt["benchmark"] == benchmark]
+    curves = {m: p for (b, m), p in (paths or {}).items() if b == benchmark}
+    fig = figure_html(plots.update_paths(curves, palette), "Update paths in (A_ZS, A_KA): the zero-shot point (star), "
+                      "then one point per task (mean over seeds); the large dot is the final model", wide=True)
+    return pretraining_table(rows, palette), [fig]
+
+
+def group_section(key: tuple[str, str], group: pd.DataFrame, seeds: pd.DataFrame, palette: dict[str, str],
+                  cpt: pd.DataFrame | None = None, paths: dict | None = None) -> str:
     benchmark, protocol = key
     ranked_by = label(group["ranked_by"].iloc[0])
-    figs = [
+    if protocol == C.PROTOCOL:
+        table, figs = pretraining_parts(benchmark, cpt, paths, palette)
+    else:
+        table, figs = leaderboard_table(group, palette), generic_figures(group, seeds, palette, ranked_by)
+    return (f'<section class="card" id="{slug(benchmark, protocol)}"><h2>{escape(benchmark)} '
+            f'<span class="pill">{escape(protocol)}</span></h2><p class="sub">ranked by {escape(ranked_by)}; '
+            f"{len(group)} method{'s' if len(group) != 1 else ''}</p>{table}"
+            f'<div class="figs">{"".join(figs)}</div></section>')
+
+
+def generic_figures(group: pd.DataFrame, seeds: pd.DataFrame, palette: dict[str, str], ranked_by: str) -> list[str]:
+    return [
         figure_html(plots.accuracy_curves(group, seeds, palette), "Accuracy on all seen classes after each "
                     "experience (mean over seeds; band: ± std)"),
         figure_html(plots.accuracy_vs_compute(group, compute_columns(group), palette),
@@ -122,10 +157,6 @@ def group_section(key: tuple[str, str], group: pd.DataFrame, seeds: pd.DataFrame
                     "training on experience i, mean over seeds", wide=True),
         figure_html(plots.domain_heatmap(group), "Error per domain (%), mean over seeds", wide=True),
     ]
-    return (f'<section class="card" id="{slug(benchmark, protocol)}"><h2>{escape(benchmark)} '
-            f'<span class="pill">{escape(protocol)}</span></h2><p class="sub">ranked by {escape(ranked_by)}; '
-            f"{len(group)} method{'s' if len(group) != 1 else ''}</p>{leaderboard_table(group, palette)}"
-            f'<div class="figs">{"".join(figs)}</div></section>')
 
 
 def two_phase_section(tp: pd.DataFrame, palette: dict[str, str]) -> str:
@@ -219,7 +250,8 @@ def runs_section(board: pd.DataFrame, used: str) -> str:
 
 def render(title: str, source: str, used: str, board: pd.DataFrame, seeds: pd.DataFrame, tp: pd.DataFrame,
            rep: pd.DataFrame | None = None, pref: pd.DataFrame | None = None, sweeps: dict | None = None,
-           mtil: pd.DataFrame | None = None) -> str:
+           mtil: pd.DataFrame | None = None, cpt: pd.DataFrame | None = None, paths: dict | None = None
+           ) -> str:
     """The whole page as one string."""
     palette = plots.colors(board["method"])
     groups = list(board.groupby(GROUP, sort=True))
@@ -235,7 +267,7 @@ def render(title: str, source: str, used: str, board: pd.DataFrame, seeds: pd.Da
     if has_mtil:
         links.append('<a href="#mtil">MTIL / X-TAIL</a>')
     links.append('<a href="#runs">runs used</a>')
-    sections = [group_section(key, g, seeds, palette) for key, g in groups]
+    sections = [group_section(key, g, seeds, palette, cpt, paths) for key, g in groups]
     if not tp.empty:
         sections.append(two_phase_section(tp, palette))
     if rep is not None and not rep.empty:

@@ -9,7 +9,8 @@ import pandas as pd
 
 from fluxbench.reports import mtil as M
 from fluxbench.reports import preference as P
-from fluxbench.reports.format import LEGEND, cell, headline, number
+from fluxbench.reports import pretraining as C
+from fluxbench.reports.format import LEGEND, cell, headline, number, si
 from fluxbench.reports.reproduction import points, verdict
 from fluxbench.reports.tables import GROUP, diverged_note, domain_columns, label
 
@@ -78,6 +79,11 @@ def mtil_section(table_: pd.DataFrame) -> list[str]:
     return out
 
 
+def pretraining_section(cpt: pd.DataFrame | None, benchmark: str) -> list[str]:
+    rows = pd.DataFrame() if cpt is None or cpt.empty else cpt[cpt["benchmark"] == benchmark]
+    return [C.NOTE, "", table(C.HEADER, [C.cells(r, si) for _, r in rows.iterrows()]), ""]
+
+
 def runs_section(board: pd.DataFrame) -> str:
     rows = [[r["benchmark"], r["protocol"], r["method"], r["config_hash"], r["run_id"], r["seed_list"],
              str(r["configs"]), str(r["git_commit"])[:10]] for _, r in board.iterrows()]
@@ -86,12 +92,12 @@ def runs_section(board: pd.DataFrame) -> str:
 
 
 def render(title: str, source: str, used: str, board: pd.DataFrame, tp: pd.DataFrame,
-           rep: pd.DataFrame | None = None, pref: pd.DataFrame | None = None, mtil: pd.DataFrame | None = None
-           ) -> str:
+           rep: pd.DataFrame | None = None, pref: pd.DataFrame | None = None, mtil: pd.DataFrame | None = None,
+           cpt: pd.DataFrame | None = None) -> str:
     out = [f"# {title}", "", source, "", LEGEND + ".", ""]
     for (benchmark, protocol), g in board.groupby(GROUP, sort=True):
-        out += [f"## {benchmark} · {protocol} (ranked by {label(g['ranked_by'].iloc[0])})", "",
-                leaderboard_section(g), ""]
+        out += [f"## {benchmark} · {protocol} (ranked by {label(g['ranked_by'].iloc[0])})", ""]
+        out += (pretraining_section(cpt, benchmark) if protocol == C.PROTOCOL else [leaderboard_section(g), ""])
         if domain_columns(g.dropna(axis=1, how="all")):
             out += [f"### {benchmark} · {protocol}: error per domain (%)", "", domain_section(g), ""]
     if not tp.empty:

@@ -220,3 +220,26 @@ def preference_sweep(curves: dict[str, dict[str, np.ndarray]], palette: dict[str
     axes[0].set_ylabel("accuracy (%)", color=INK)
     axes[0].legend(frameon=False, fontsize=9)
     return data_uri(fig)
+
+
+def update_paths(paths: dict[str, np.ndarray], palette: dict[str, str]) -> str | None:
+    """Continual pretraining: each method's (A_ZS, A_KA) after every task (mean over seeds), from the zero-shot
+    point (star) to the final model (large dot); up is knowledge gained, left is zero-shot ability lost."""
+    if not paths:
+        return None
+    fig = figure(6.4, 4.6)
+    ax = fig.add_subplot()
+    for method, path in sorted(paths.items()):
+        xs, ys, color = 100 * path[:, 0], 100 * path[:, 1], palette[method]
+        ax.plot(xs, ys, marker="o", markersize=4, linewidth=2, color=color, label=method)
+        ax.plot(xs[-1], ys[-1], marker="o", markersize=9, color=color)
+        ax.plot(xs[0], ys[0], marker="*", markersize=14, color=INK, zorder=3)
+        for t in range(1, len(path)):
+            ax.annotate(str(t), (xs[t], ys[t]), textcoords="offset points", xytext=(5, 4), fontsize=7, color=color)
+    ax.annotate("zero-shot", (xs[0], ys[0]), textcoords="offset points", xytext=(8, -12), fontsize=8, color=INK)
+    style(ax)
+    ax.margins(0.15)
+    ax.set_xlabel("A_ZS: zero-shot retention (%)", color=INK)
+    ax.set_ylabel("A_KA: knowledge accumulation (%)", color=INK)
+    ax.legend(frameon=False, fontsize=9)
+    return data_uri(fig)

@@ -22,12 +22,13 @@ GROUP = ["benchmark", "protocol"]
 ROW = ["benchmark", "protocol", "method"]
 ACCURACY = ("last_accuracy", "avg_incremental_accuracy", "forgetting")
 PERCENT = {"last_accuracy", "avg_incremental_accuracy", "forgetting", "forgetting_first_last", "forgetting_pycil",
-           "bwt", "fwt", "mean_error"}
+           "bwt", "fwt", "mean_error", "A_KA", "A_ZS", "gmean"}
 COMPUTE = ("wall_time_s", "peak_memory_mb")
 LABELS = {"last_accuracy": "last acc (%)", "avg_incremental_accuracy": "avg inc acc (%)",
           "forgetting": "forgetting (%)", "forgetting_first_last": "forgetting, first-last (%)",
           "forgetting_pycil": "forgetting, PyCIL (%)", "bwt": "BWT (%)", "fwt": "FWT (%)",
           "mean_error": "mean error (%)",
+          "A_KA": "A_KA (%)", "A_ZS": "A_ZS (%)", "gmean": "gmean of A_KA, A_ZS (%)",
           "wall_time_s": "wall time (s)", "peak_memory_mb": "peak mem (MB)"}
 _STEPPED = re.compile(STEP_METRIC_PATTERN)  # per-experience curves, not results
 _ID_COLUMNS = ("run_id", "parent_id", "seed")

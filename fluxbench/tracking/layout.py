@@ -32,6 +32,8 @@ FINGERPRINT_TAG = "data_fingerprint.{role}"  # .format(role="tuning" | "evaluati
 SELECTED_TAG = "selected.{name}"  # two_phase: a selected hyperparameter value
 PRESET_TAG = "fluxbench.preset"  # the conf/experiment/ preset a parent run reproduces (fluxbench reproduce)
 DEVIATION_TAG = "fluxbench.deviation"  # a run that departs from its spec says how (continual pretraining: no pool)
+PRETRAINING_POOL_TAG = "fluxbench.pretraining_pool"  # continual pretraining: the pool's source (none, digits, path)
+PRETRAINING_POOL_SIZE_TAG = "fluxbench.pretraining_pool.size"  # image-text pairs read from a user's pool
 REPRODUCE_TAG = "fluxbench.reproduce"  # JSON: the preset's metric, published figure (%), tolerance, source
 
 # -- values --------------------------------------------------------------------------------
@@ -39,6 +41,7 @@ KIND_PROTOCOL, KIND_TRIAL, KIND_SEED = "protocol", "trial", "seed"
 PHASE_TUNING, PHASE_EVALUATION = "tuning", "evaluation"
 PROTOCOL_PREFERENCE = "preference"  # the protocol tag of IBCL's preference evaluation (reports give it a section)
 PROTOCOL_MTIL = "mtil"  # the protocol tag of the MTIL / X-TAIL CLIP stream (reports give it a section)
+PROTOCOL_CONTINUAL_PRETRAINING = "continual_pretraining"  # FoMo-in-Flux (reports give it its own table, paths)
 
 # -- artifacts -----------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"  # the resolved config

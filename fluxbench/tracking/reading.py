@@ -140,6 +140,14 @@ class StoreReader:
             return {}
         return {int(m.step): float(m.value) for m in sorted(points, key=lambda m: (m.step, m.timestamp))}
 
+    def text_artifact(self, run_id: str, name: str) -> str | None:
+        """A run's text artifact (a name of :mod:`fluxbench.tracking.layout`); None when missing or unreadable."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return Path(self.client.download_artifacts(run_id, name, tmp)).read_text()
+            except Exception:  # missing artifact or store error: that run's figure is left out
+                return None
+
     def json_artifact(self, run_id: str, name: str) -> Any | None:
         """A run's JSON artifact (a name of :mod:`fluxbench.tracking.layout`); None when missing or unreadable."""
         with tempfile.TemporaryDirectory() as tmp:
