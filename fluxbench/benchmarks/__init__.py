@@ -1,6 +1,7 @@
 """Readers for real on-disk data formats; each registers itself by name (explicit imports, no discovery)."""
 
 from fluxbench.benchmarks import (  # noqa: F401  (each module registers its readers)
+    celeba,
     cifar,
     cifar_c,
     cub,
@@ -8,6 +9,7 @@ from fluxbench.benchmarks import (  # noqa: F401  (each module registers its rea
     imagefolder,
     imagenet100,
     imagenet_c,
+    tiny_imagenet,
 )
 from fluxbench.benchmarks.base import DataSplit, ImageDataset, shared_samples
 from fluxbench.benchmarks.registry import (
