@@ -37,7 +37,10 @@ def test_celeba_task_i_is_attribute_i_on_the_official_partitions(data_root):
             np.testing.assert_array_equal(data.labels - 2 * i, [written["rows"][f][i] for f in files])
     tuning = build_stream(cfg, load_split(cfg, "tuning"), seed=0)
     assert [str(s).rsplit("/", 1)[1] for s in tuning[0].test.ids] == by_part[1]
-    assert stream[0].train.images is stream[14].train.images  # one image array for all tasks
+    assert stream[0].train.images is stream[14].train.images  # one image array (and tensor) for all tasks
+    (x0, y0), (x3, y3) = (stream[k].uint8_tensors("train", "cpu") for k in (0, 3))
+    assert x0 is x3
+    assert y0.tolist() == stream[0].train.labels.tolist() and y3.tolist() == stream[3].train.labels.tolist()
     assert stream[0].train.images.shape[1:] == (8, 8, 3)
 
 

@@ -15,8 +15,10 @@ methods and the preference protocol see one kind of binary stream.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from fluxbench.benchmarks.attributes import AttributeSplit
 from fluxbench.benchmarks.base import ImageDataset
@@ -67,16 +69,35 @@ def attribute_task_stream(split: AttributeSplit, sizes: Sequence[int], dataset_n
     if len(sizes) > len(split.attribute_names):
         raise ConfigError(f"{len(sizes)} attribute tasks asked for; the benchmark has {len(split.attribute_names)}")
     experiences: list[Experience] = []
+    shared: dict = {}  # one uint8 image tensor per part and device for all tasks (CelebA's train part: 2 GB at 64 px)
     for i in range(len(sizes)):
         classes = (2 * i, 2 * i + 1)
         train, test = (_task_part(data, attrs, i) for data, attrs in
                        ((split.train, split.train_attributes), (split.test, split.test_attributes)))
-        experiences.append(Experience(
+        experiences.append(AttributeExperience(
             index=i, train=train, test=test, classes=classes, num_seen_classes=2 * i + 2,
             metadata={"dataset": dataset_name, "classes": list(classes), "attribute": split.attribute_names[i]},
-            train_transform=train_transform, earlier=tuple(experiences),
+            train_transform=train_transform, earlier=tuple(experiences), shared_images=shared,
         ))
     return experiences
+
+
+@dataclass
+class AttributeExperience(Experience):
+    """An attribute task: its images are every other task's, so their tensor is made once for the whole stream."""
+
+    shared_images: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def uint8_tensors(self, part: str, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (part, str(device))
+        if key in self._cache:
+            return self._cache[key]
+        if key not in self.shared_images:
+            self.shared_images[key] = super().uint8_tensors(part, device)[0]
+            return self._cache[key]
+        labels = (self.train if part == "train" else self.test).labels
+        self._cache[key] = (self.shared_images[key], torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device))
+        return self._cache[key]
 
 
 def _task_part(data: ImageDataset, attributes: np.ndarray, i: int) -> ImageDataset:
