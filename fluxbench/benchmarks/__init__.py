@@ -1,6 +1,7 @@
 """Readers for real on-disk data formats; each registers itself by name (explicit imports, no discovery)."""
 
 from fluxbench.benchmarks import (  # noqa: F401  (each module registers its readers)
+    celeba,
     cifar,
     cifar_c,
     cub,
@@ -11,6 +12,7 @@ from fluxbench.benchmarks import (  # noqa: F401  (each module registers its rea
     mnist,
     mtil_folders,
     stanford_cars,
+    tiny_imagenet,
 )
 from fluxbench.benchmarks.base import DataSplit, ImageDataset, shared_samples
 from fluxbench.benchmarks.registry import (

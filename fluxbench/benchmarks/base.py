@@ -8,7 +8,7 @@ corruptions, methods) works on that one form, so a new dataset is only a new rea
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,11 +87,15 @@ class ImageDataset:
 
 @dataclass(frozen=True)
 class DataSplit:
-    """A train and a test part over the same label space ``0..num_classes-1``."""
+    """A train and a test part over the same label space ``0..num_classes-1``.
+
+    ``class_aliases`` maps other names a config may use for a class to its id (TinyImageNet's words for wnids).
+    """
 
     train: ImageDataset
     test: ImageDataset
     num_classes: int
+    class_aliases: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def fingerprint(self) -> str:
         both = (self.train.fingerprint() + self.test.fingerprint()).encode()

@@ -9,8 +9,10 @@ Layout::
 file with one wnid per line (the first token of each line; e.g. the ``imagenet100.txt``
 list of CMC/PODNet), resolved against the dataset folder when relative; with it,
 ``folder`` may also point at a full ImageNet tree. Without it every class folder under
-``train/`` is used. Class ids follow the sorted wnids, as ``ImageFolder`` on the
-extracted subset gives (PyCIL's ``iImageNet100``).
+``train/`` is used. ``subset`` names a list published with fluxbench instead
+(``imagenet100_ucir`` or ``imagenet100_eval``, :mod:`.imagenet_subsets`), read from a full
+ImageNet tree. Class ids follow the sorted wnids, as ``ImageFolder`` on the extracted
+subset gives (PyCIL's ``iImageNet100``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from pathlib import Path
 from fluxbench.benchmarks.base import DataSplit
 from fluxbench.benchmarks.folder_cache import ResizeRule
 from fluxbench.benchmarks.imagefolder import class_folders, dataset_dir, folder_dataset, list_images
+from fluxbench.benchmarks.imagenet_subsets import CLASS_LISTS
 from fluxbench.benchmarks.registry import register_dataset
-from fluxbench.errors import DataError
+from fluxbench.errors import ConfigError, DataError
 
 SOURCE = "https://image-net.org (ILSVRC-2012), with a 100-class list such as CMC's imagenet100.txt"
 
@@ -46,19 +49,32 @@ def read_class_list(path: Path, available: list[str]) -> list[str]:
     return sorted(wnids)
 
 
+def packaged_list(subset: str) -> Path:
+    """A class list published in ``fluxbench/benchmarks/class_lists/``, by its name without ``.txt``."""
+    known = sorted(p.stem for p in CLASS_LISTS.glob("imagenet100_*.txt"))
+    if subset not in known:
+        raise ConfigError(f"imagenet100: subset must be one of {known}, got {subset!r}")
+    return CLASS_LISTS / f"{subset}.txt"
+
+
 @register_dataset("imagenet100")
 def read_imagenet100(
     data_root: Path, folder: str = "imagenet100", class_list: str | None = None, image_size: int = 224,
-    crop_pct: float = 0.875, interpolation: str = "bicubic",
+    crop_pct: float = 0.875, interpolation: str = "bicubic", subset: str | None = None,
 ) -> DataSplit:
     """ImageNet-100 train/val as a :class:`DataSplit` (val is the test part)."""
     rule = ResizeRule(image_size, crop_pct, interpolation)
+    if subset is not None and class_list is not None:
+        raise ConfigError("imagenet100: give class_list or subset, not both")
     root = dataset_dir(data_root, folder, f"{folder}/train/<wnid>/*.JPEG and {folder}/val/<wnid>/*.JPEG", SOURCE)
     for part in ("train", "val"):
         if not (root / part).is_dir():
             raise DataError(f"{root / part} does not exist; expected {folder}/{part}/<wnid>/*.JPEG ({SOURCE})")
     available = class_folders(root / "train")
-    classes = read_class_list(root / Path(class_list).expanduser(), available) if class_list else available
+    if subset is not None:
+        classes = read_class_list(packaged_list(subset), available)
+    else:
+        classes = read_class_list(root / Path(class_list).expanduser(), available) if class_list else available
     if not classes:
         raise DataError(f"{root / 'train'} has no class folders; expected {folder}/train/<wnid>/*.JPEG")
     missing = sorted(set(classes) - set(class_folders(root / "val")))

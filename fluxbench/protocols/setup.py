@@ -13,10 +13,11 @@ from fluxbench.backbones import DatasetLoader, build_backbone
 from fluxbench.backbones.source_models import build_source_model
 from fluxbench.backbones.source_warmup import warm_up_source
 from fluxbench.benchmarks import DataSplit, load_dataset
+from fluxbench.benchmarks.attributes import AttributeSplit
 from fluxbench.errors import ConfigError
 from fluxbench.methods import MethodContext
 from fluxbench.protocols.rng import seed_everything  # noqa: F401  (re-exported for tests and scripts)
-from fluxbench.streams.binary_pairs import pairs_order
+from fluxbench.streams.binary_pairs import attribute_task_stream, pairs_order
 from fluxbench.streams.class_incremental import ClassIncrementalScenario, class_incremental_stream, class_order
 from fluxbench.streams.experience import Experience
 from fluxbench.streams.manifest import read_manifest
@@ -57,6 +58,9 @@ def build_stream(cfg: Mapping[str, Any], split: DataSplit, seed: int, dataset_na
         from fluxbench.streams.transforms import build_batch_transform
 
         transform = build_batch_transform(cfg["benchmark"]["augment"])
+    if isinstance(split, AttributeSplit):  # CelebA: task i is attribute i of the same images
+        sizes = scenario_of(cfg).experience_sizes(split.num_classes)
+        return attribute_task_stream(split, sizes, dataset_name, transform)
     if stream.get("manifest"):
         manifest = read_manifest(stream["manifest"])
         sizes = [len(e["classes"]) for e in manifest["experiences"]]
@@ -64,7 +68,8 @@ def build_stream(cfg: Mapping[str, Any], split: DataSplit, seed: int, dataset_na
         order = [int(c) for c in manifest["class_order"]]
     elif cfg["benchmark"].get("class_pairs"):
         scenario = scenario_of(cfg)
-        order = pairs_order(cfg["benchmark"]["class_pairs"], split.num_classes)
+        order = pairs_order(cfg["benchmark"]["class_pairs"], split.num_classes, split.train.class_names,
+                            split.class_aliases)
     else:
         scenario = scenario_of(cfg)
         order_seed = stream.get("class_order_seed")
