@@ -36,7 +36,7 @@ def iterate_batches(
 
     ``transform`` runs on the indexed batch as stored (uint8 stays uint8: crops and flips move 4x fewer bytes),
     then uint8 images become floats in [0, 1]. With ``sizes`` (``(N, 2)`` original image sizes, on the CPU,
-    for a crop source) the transform is called as ``transform(batch, sizes=sizes[rows])``.
+    for a crop source) the transform crops rows of ``x`` itself: ``transform(x, sizes=sizes[rows], rows=rows)``.
     """
     n = len(y)
     order = torch.randperm(n, device=x.device) if shuffle else torch.arange(n, device=x.device)
@@ -44,7 +44,8 @@ def iterate_batches(
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
         index = order[start:start + batch_size]
-        xb = x[index]
-        if transform is not None:
-            xb = transform(xb) if rows is None else transform(xb, sizes=sizes[rows[start:start + batch_size]])
+        if rows is not None:  # the transform cuts its crops out of x: no gathered copy of the whole images
+            xb = transform(x, sizes=sizes[rows[start:start + batch_size]], rows=index)
+        else:
+            xb = transform(x[index]) if transform is not None else x[index]
         yield to_float(xb), y[index]

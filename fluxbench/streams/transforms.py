@@ -25,7 +25,8 @@ equal cutting out the crop and ``F.interpolate``; shrunk crops alias slightly).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -133,12 +134,16 @@ class RandomResizedCrop:
         fh = torch.where(narrow, torch.round(w / self.ratio[0]), h)
         return fw, fh
 
-    def __call__(self, x: torch.Tensor, sizes: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
-        """Crops of ``x``; with ``sizes`` (``(n, 2)`` original heights and widths, on the CPU), ``x`` holds whole
-        images resized to a square and boxes follow each original geometry. Output side: ``self.size``, else
-        ``size``, else the input height."""
+    def __call__(
+        self, x: torch.Tensor, sizes: torch.Tensor | None = None, size: int | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Crops of ``x`` (of ``x[rows]`` when given: the batch is not gathered first). With ``sizes`` (``(n, 2)``
+        original heights and widths, on the CPU) ``x`` holds whole images resized to a square and boxes follow
+        each original geometry. Output side: ``self.size``, else ``size``, else the input height."""
         _check_batch(x)
-        n, _, h, w = x.shape
+        _, _, h, w = x.shape
+        n = len(x) if rows is None else len(rows)
         size = self.size or size or h
         geometry = sizes.to(torch.float32).unbind(1) if sizes is not None else (float(h), float(w))
         boxes = self.boxes(n, *geometry)
@@ -147,23 +152,38 @@ class RandomResizedCrop:
         tall, wide = (torch.full((n,), float(h)), torch.full((n,), float(w))) if sizes is None else geometry
         frac = torch.stack([boxes[:, 0] / tall, boxes[:, 1] / wide, boxes[:, 2] / tall, boxes[:, 3] / wide], dim=1)
         if x.dtype == torch.uint8 and x.device.type == "cpu":
-            return _resize_each(x, frac, flips, size)
-        return _grid_resize(x, frac, flips, size)
+            return _resize_each(x, frac, flips, size, range(n) if rows is None else rows.tolist())
+        return _grid_resize(x if rows is None else x[rows], frac, flips, size)
 
 
-def _resize_each(x: torch.Tensor, frac: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
-    """Cut out each box (rounded to ``x``'s pixels, at least one) and resize it, antialiased, one image at a time."""
-    n, c, h, w = x.shape
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Intra-op threads off for a loop of small ops: handing each one to the thread pool costs more than the
+    work (10x the CPU time on a busy 2-core machine). Restored after; the step's large ops keep every thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _resize_each(x: torch.Tensor, frac: torch.Tensor, flips: torch.Tensor, size: int, rows) -> torch.Tensor:
+    """Cut out each box of ``x[rows[i]]`` (rounded to ``x``'s pixels, at least one) and resize it, antialiased,
+    one image at a time."""
+    _, c, h, w = x.shape
     top = (frac[:, 0] * h).round().clamp(0, h - 1)
     left = (frac[:, 1] * w).round().clamp(0, w - 1)
     bottom = torch.maximum(((frac[:, 0] + frac[:, 2]) * h).round().clamp(max=h), top + 1)
     right = torch.maximum(((frac[:, 1] + frac[:, 3]) * w).round().clamp(max=w), left + 1)
-    out = torch.empty((n, c, size, size), dtype=x.dtype)
-    for i, (t, le, b, r) in enumerate(torch.stack([top, left, bottom, right], 1).long().tolist()):
-        # channels-last is the layout of torch's fast uint8 kernel (a cached NHWC batch already is)
-        crop = x[i:i + 1, :, t:b, le:r].contiguous(memory_format=torch.channels_last)
-        resized = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-        out[i] = resized.flip(2) if flips[i] else resized
+    out = torch.empty((len(frac), c, size, size), dtype=x.dtype)
+    boxes = torch.stack([top, left, bottom, right], 1).long().tolist()
+    with _one_thread():
+        for i, (row, (t, le, b, r)) in enumerate(zip(rows, boxes)):
+            # channels-last is the layout of torch's fast uint8 kernel (a cached NHWC batch already is)
+            crop = x[row:row + 1, :, t:b, le:r].contiguous(memory_format=torch.channels_last)
+            resized = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            out[i] = resized[0].flip(2) if flips[i] else resized[0]
     return out
 
 
