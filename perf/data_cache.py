@@ -162,10 +162,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--crop-source-size", type=int, default=256, help="side of the whole-image crop source")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers (jpeg)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads of this process (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--csv", type=Path, help="also write the figures to this CSV file")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="fluxbench-perf-") as tmp:
         os.environ["FLUXBENCH_CACHE"] = str(Path(tmp) / "cache")

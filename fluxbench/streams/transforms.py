@@ -168,7 +168,9 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _resize_each(x: torch.Tensor, frac: torch.Tensor, flips: torch.Tensor, size: int, rows) -> torch.Tensor:
+def _resize_each(
+    x: torch.Tensor, frac: torch.Tensor, flips: torch.Tensor, size: int, rows: Sequence[int]
+) -> torch.Tensor:
     """Cut out each box of ``x[rows[i]]`` (rounded to ``x``'s pixels, at least one) and resize it, antialiased,
     one image at a time."""
     _, c, h, w = x.shape
