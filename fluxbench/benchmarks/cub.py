@@ -19,7 +19,7 @@ import numpy as np
 
 from fluxbench.benchmarks.base import DataSplit
 from fluxbench.benchmarks.folder_cache import ResizeRule
-from fluxbench.benchmarks.imagefolder import dataset_dir, folder_dataset
+from fluxbench.benchmarks.imagefolder import crop_rule, dataset_dir, folder_dataset
 from fluxbench.benchmarks.registry import register_dataset
 from fluxbench.errors import DataError
 
@@ -59,10 +59,12 @@ def _class_names(root: Path, num_classes: int) -> tuple[str, ...]:
 @register_dataset("cub200")
 def read_cub200(
     data_root: Path, folder: str = "CUB_200_2011", image_size: int = 224, crop_pct: float = 0.875,
-    interpolation: str = "bicubic",
+    interpolation: str = "bicubic", train_crops: str = "full", crop_source_size: int = 256,
 ) -> DataSplit:
-    """CUB-200-2011: 5,994 training and 5,794 test images of 200 bird species (the official split)."""
+    """CUB-200-2011: 5,994 training and 5,794 test images of 200 bird species (the official split); training
+    crops from the whole image unless ``train_crops: centre`` (see :mod:`fluxbench.benchmarks.imagefolder`)."""
     rule = ResizeRule(image_size, crop_pct, interpolation)
+    crops = crop_rule(train_crops, crop_source_size, interpolation)
     layout = f"{folder}/images.txt, train_test_split.txt, image_class_labels.txt and images/"
     root = dataset_dir(data_root, folder, layout, SOURCE)
     images, is_train, classes = (read_table(root / name) for name in _TABLES)
@@ -85,5 +87,6 @@ def read_cub200(
             raise DataError(f"{root / 'train_test_split.txt'} marks no image as {part}")
         files = [root / "images" / images[k] for k in keys]
         part_labels = np.array([labels[k] for k in keys], dtype=np.int64)
-        parts[part] = folder_dataset(files, part_labels, root / "images", f"cub200/{part}", names, rule)
-    return DataSplit(parts["train"], parts["test"], num_classes)
+        parts[part] = folder_dataset(files, part_labels, root / "images", f"cub200/{part}", names, rule,
+                                     crops if part == "train" else None)
+    return DataSplit(parts["train"], parts["test"], num_classes, "official")

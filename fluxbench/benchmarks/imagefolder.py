@@ -10,28 +10,49 @@ made once with a seeded 80/20 shuffle (``random.seed(0)`` over ``os.listdir`` or
 which is not reproducible from the raw archive). So:
 
 - if ``<folder>/train/`` and ``<folder>/test/`` exist (PILOT's released split), they are used as they are;
+- else if ``<folder>/train.txt`` and ``<folder>/test.txt`` exist (the same split as file lists), each
+  line names an image by its path under ``<folder>`` (``<wnid>/<file>``, or ``train/<wnid>/<file>``),
+  optionally followed by a label, which is not read: the class is the image's folder, ids follow the
+  sorted wnids as above;
 - otherwise (the raw archive, ``<folder>/<wnid>/*.jpg``) each class is split 80/20 on its own
   sorted file list by a fixed seed (:data:`SPLIT_SEED` mixed with the wnid), so a class's
   split depends on nothing but its own files and every class with two or more images
   has test images.
+
+Which one was read is :attr:`DataSplit.data_split` (``pilot_released`` or ``seeded_80_20``), a run tag.
+
+Training images also get a crop source (``train_crops: full``, the default): the whole image at
+``crop_source_size`` square with its original size, so random crops are drawn on the file's geometry
+as torchvision does. ``train_crops: centre`` crops the evaluation view instead (the old behaviour, no
+extra cache). Evaluation images are the resize + centre crop either way.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from fluxbench.benchmarks.base import DataSplit, ImageDataset
-from fluxbench.benchmarks.folder_cache import ResizeRule, decode_images
+from fluxbench.benchmarks.base import CropSource, DataSplit, ImageDataset
+from fluxbench.benchmarks.folder_cache import ResizeRule, WholeImageRule, decode_images, image_sizes
 from fluxbench.benchmarks.registry import register_dataset
-from fluxbench.errors import DataError
+from fluxbench.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 SPLIT_SEED = 0  # fixed forever: the raw-archive split is part of the benchmark's definition
 TEST_FRACTION = 0.2
+PILOT_RELEASED, SEEDED_80_20 = "pilot_released", "seeded_80_20"
+TRAIN_CROPS = ("full", "centre")
+
+
+def crop_rule(train_crops: str, crop_source_size: int, interpolation: str) -> WholeImageRule | None:
+    """The crop source's rule for ``train_crops: full``; ``None`` for ``centre`` (crops of the evaluation view)."""
+    if train_crops not in TRAIN_CROPS:
+        raise ConfigError(f"train_crops must be one of {', '.join(TRAIN_CROPS)}, got {train_crops!r}")
+    return WholeImageRule(crop_source_size, interpolation) if train_crops == "full" else None
 
 
 def dataset_dir(data_root: Path, folder: str, layout: str, source: str) -> Path:
@@ -67,13 +88,18 @@ def list_images(root: Path, classes: Sequence[str]) -> tuple[list[Path], np.ndar
 
 
 def folder_dataset(
-    files: Sequence[Path], labels: np.ndarray, base: Path, name: str, class_names: Sequence[str], rule: ResizeRule
+    files: Sequence[Path], labels: np.ndarray, base: Path, name: str, class_names: Sequence[str], rule: ResizeRule,
+    crops: WholeImageRule | None = None,
 ) -> ImageDataset:
-    """Decode (or read from the cache) ``files`` into an :class:`ImageDataset` whose ids are paths under ``base``."""
-    dataset = name.split("/")[0]
+    """Decode (or read from the cache) ``files`` into an :class:`ImageDataset` whose ids are paths under ``base``;
+    with ``crops``, also the crop source of training augmentation."""
+    dataset, key = name.split("/")[0], name.replace("/", "-")
     ids = np.array([f"{dataset}/{Path(f).relative_to(base).as_posix()}" for f in files])
-    images = decode_images(files, rule, name=name.replace("/", "-")).images
-    return ImageDataset(images, np.asarray(labels, dtype=np.int64), ids, name, tuple(class_names))
+    images = decode_images(files, rule, name=key).images
+    source = None
+    if crops is not None:
+        source = CropSource(decode_images(files, crops, name=f"{key}-whole").images, image_sizes(files, name=key))
+    return ImageDataset(images, np.asarray(labels, dtype=np.int64), ids, name, tuple(class_names), source)
 
 
 def seeded_split(labels: np.ndarray, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +117,10 @@ def seeded_split(labels: np.ndarray, class_names: Sequence[str]) -> tuple[np.nda
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(test, dtype=np.int64))
 
 
-def read_split_tree(root: Path, name: str, rule: ResizeRule, train: str = "train", test: str = "test") -> DataSplit:
+def read_split_tree(
+    root: Path, name: str, rule: ResizeRule, train: str = "train", test: str = "test",
+    crops: WholeImageRule | None = None,
+) -> DataSplit:
     """``root/train/<class>/`` and ``root/test/<class>/``; class ids from the sorted training folders."""
     classes = class_folders(root / train)
     if not classes:
@@ -102,44 +131,86 @@ def read_split_tree(root: Path, name: str, rule: ResizeRule, train: str = "train
     train_files, train_labels = list_images(root / train, classes)
     test_files, test_labels = list_images(root / test, classes)
     return DataSplit(
-        folder_dataset(train_files, train_labels, root, f"{name}/train", classes, rule),
+        folder_dataset(train_files, train_labels, root, f"{name}/train", classes, rule, crops),
         folder_dataset(test_files, test_labels, root, f"{name}/test", classes, rule),
         len(classes),
     )
 
 
-def _read_hendrycks(data_root: Path, folder: str, name: str, source: str, rule: ResizeRule) -> DataSplit:
+def read_list(root: Path, path: Path) -> list[Path]:
+    """The image files a split list names (first token per non-empty line, a path under ``root``)."""
+    files = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        file = root / line.split()[0]
+        if not file.is_file():
+            raise DataError(f"{path}, line {number}: {file} does not exist")
+        files.append(file)
+    if not files:
+        raise DataError(f"{path} lists no images; expected one <wnid>/<image> path per line")
+    return files
+
+
+def read_split_lists(root: Path, name: str, rule: ResizeRule, crops: WholeImageRule | None = None) -> DataSplit:
+    """``root/train.txt`` and ``root/test.txt``; an image's class is its folder, ids from the sorted folders."""
+    train_files, test_files = read_list(root, root / "train.txt"), read_list(root, root / "test.txt")
+    classes = sorted({f.parent.name for f in train_files})
+    missing = sorted({f.parent.name for f in test_files} - set(classes))
+    if missing:
+        raise DataError(f"{root / 'test.txt'} names classes {missing[:5]} that {root / 'train.txt'} has no images of")
+    position = {c: i for i, c in enumerate(classes)}
+
+    def labels(files: list[Path]) -> np.ndarray:
+        return np.array([position[f.parent.name] for f in files], dtype=np.int64)
+
+    return DataSplit(
+        folder_dataset(train_files, labels(train_files), root, f"{name}/train", classes, rule, crops),
+        folder_dataset(test_files, labels(test_files), root, f"{name}/test", classes, rule),
+        len(classes), PILOT_RELEASED,
+    )
+
+
+def _read_hendrycks(
+    data_root: Path, folder: str, name: str, source: str, rule: ResizeRule, crops: WholeImageRule | None
+) -> DataSplit:
     layout = f"{folder}/<wnid>/<image>.jpg (the raw archive) or {folder}/train/<wnid>/ and {folder}/test/<wnid>/"
     root = dataset_dir(data_root, folder, layout, source)
     if (root / "train").is_dir() and (root / "test").is_dir():
-        return read_split_tree(root, name, rule)
+        return replace(read_split_tree(root, name, rule, crops=crops), data_split=PILOT_RELEASED)
+    if (root / "train.txt").is_file() and (root / "test.txt").is_file():
+        return read_split_lists(root, name, rule, crops)
     classes = class_folders(root)
     if not classes:
         raise DataError(f"{root} has no class folders; expected {layout}")
     files, labels = list_images(root, classes)
     train, test = seeded_split(labels, classes)
     return DataSplit(
-        folder_dataset([files[i] for i in train], labels[train], root, f"{name}/train", classes, rule),
+        folder_dataset([files[i] for i in train], labels[train], root, f"{name}/train", classes, rule, crops),
         folder_dataset([files[i] for i in test], labels[test], root, f"{name}/test", classes, rule),
-        len(classes),
+        len(classes), SEEDED_80_20,
     )
 
 
 @register_dataset("imagenet_r")
 def read_imagenet_r(
     data_root: Path, folder: str = "imagenet-r", image_size: int = 224, crop_pct: float = 0.875,
-    interpolation: str = "bicubic",
+    interpolation: str = "bicubic", train_crops: str = "full", crop_source_size: int = 256,
 ) -> DataSplit:
     """ImageNet-R (renditions of 200 ImageNet classes, 30,000 images), split 80/20 as described above."""
     source = "https://github.com/hendrycks/imagenet-r"
-    return _read_hendrycks(data_root, folder, "imagenet_r", source, ResizeRule(image_size, crop_pct, interpolation))
+    rule = ResizeRule(image_size, crop_pct, interpolation)
+    crops = crop_rule(train_crops, crop_source_size, interpolation)
+    return _read_hendrycks(data_root, folder, "imagenet_r", source, rule, crops)
 
 
 @register_dataset("imagenet_a")
 def read_imagenet_a(
     data_root: Path, folder: str = "imagenet-a", image_size: int = 224, crop_pct: float = 0.875,
-    interpolation: str = "bicubic",
+    interpolation: str = "bicubic", train_crops: str = "full", crop_source_size: int = 256,
 ) -> DataSplit:
     """ImageNet-A (natural adversarial examples of 200 ImageNet classes, 7,500 images), split 80/20 as above."""
     source = "https://github.com/hendrycks/natural-adv-examples"
-    return _read_hendrycks(data_root, folder, "imagenet_a", source, ResizeRule(image_size, crop_pct, interpolation))
+    rule = ResizeRule(image_size, crop_pct, interpolation)
+    crops = crop_rule(train_crops, crop_source_size, interpolation)
+    return _read_hendrycks(data_root, folder, "imagenet_a", source, rule, crops)

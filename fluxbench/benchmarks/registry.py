@@ -90,4 +90,5 @@ def load_dataset(spec: Mapping[str, Any], data_root: str | Path) -> DataSplit:
         raise DataError(
             f"{name}: classes {missing[:5]} requested, but the data set has classes 0..{split.num_classes - 1}"
         )
-    return DataSplit(split.train.with_classes(classes), split.test.with_classes(classes), len(classes))
+    train, test = split.train.with_classes(classes), split.test.with_classes(classes)
+    return DataSplit(train, test, len(classes), split.data_split)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fluxbench.protocols.execution import SupervisedLoop
+from fluxbench.protocols.execution import SupervisedLoop, data_split_tags
 from fluxbench.protocols.parent import ProtocolCall, run_protocol, run_seeds, seeds_result
 from fluxbench.protocols.preflight import preflight
 from fluxbench.protocols.setup import load_split
@@ -25,6 +25,7 @@ def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
     loop = SupervisedLoop(cfg, split)
     label = f"{cfg['method']['name']} on {cfg['benchmark']['name']}"
     call = ProtocolCall("conventional", label, config_hash(cfg, split.fingerprint()),
-                        {FINGERPRINT_TAG.format(role="evaluation"): split.fingerprint()})
+                        {FINGERPRINT_TAG.format(role="evaluation"): split.fingerprint(),
+                         **data_split_tags(split, "evaluation")})
     return run_protocol(cfg, tracker, call, lambda parent: seeds_result(
         run_seeds(cfg, loop, tracker, parent, label), lambda agg: format_table({label: agg})))

@@ -19,6 +19,14 @@ from fluxbench.methods import Method, MethodContext
 from fluxbench.protocols.metrics import step_accuracies, summarize_matrix
 from fluxbench.protocols.setup import build_stream, method_context, scenario_of
 from fluxbench.streams.experience import Experience
+from fluxbench.tracking.layout import DATA_SPLIT_TAG
+
+
+def data_split_tags(split: DataSplit | None, role: str | None = None) -> dict[str, str]:
+    """How the data's train and test parts were separated, as a run tag (none when the reader does not say)."""
+    if split is None or not split.data_split:
+        return {}
+    return {DATA_SPLIT_TAG if role is None else f"{DATA_SPLIT_TAG}.{role}": split.data_split}
 
 
 @torch.no_grad()
@@ -94,7 +102,7 @@ class SupervisedLoop:
         return method_context(self.cfg, num_classes=stream[-1].num_seen_classes)
 
     def tags(self) -> dict[str, str]:
-        return {}
+        return data_split_tags(self.split)
 
     def begin(self, stream: list[Experience]) -> dict[str, torch.Tensor]:
         T = len(stream)

@@ -42,7 +42,7 @@ from fluxbench.benchmarks import DataSplit, shared_samples
 from fluxbench.errors import ConfigError, DivergedError, FluxbenchError, LeakageError
 from fluxbench.methods.registry import hyperparameters, validate_hyperparameters
 from fluxbench.protocols import two_phase_tta as tta
-from fluxbench.protocols.execution import SupervisedLoop
+from fluxbench.protocols.execution import SupervisedLoop, data_split_tags
 from fluxbench.protocols.parent import ParentResult, ProtocolCall, run_protocol, seeds_of
 from fluxbench.protocols.preflight import preflight
 from fluxbench.protocols.progress import Progress
@@ -326,6 +326,8 @@ def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
     call = ProtocolCall("two_phase", label, key, {
         L.FINGERPRINT_TAG.format(role=L.PHASE_TUNING): tuning.fingerprint,
         L.FINGERPRINT_TAG.format(role=L.PHASE_EVALUATION): evaluation.fingerprint,
+        **data_split_tags(getattr(tuning, "split", None), L.PHASE_TUNING),
+        **data_split_tags(getattr(evaluation, "split", None), L.PHASE_EVALUATION),
     }, rank_metric=cfg["protocol"]["selection_metric"], rank_order="min" if lower_is_better(cfg) else "max")
 
     def body(parent: RunHandle) -> ParentResult:

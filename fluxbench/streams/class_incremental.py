@@ -93,4 +93,4 @@ def class_incremental_stream(
 def _select(data, classes: list[int], remap: dict[int, int]):
     part = data.subset(np.flatnonzero(np.isin(data.labels, classes)))
     labels = np.array([remap[int(c)] for c in part.labels], dtype=np.int64)
-    return type(part)(part.images, labels, part.ids, part.name, part.class_names)
+    return part.with_labels(labels)

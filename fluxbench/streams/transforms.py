@@ -5,24 +5,30 @@ ops per batch instead of PIL work per sample. The ops follow torchvision's defin
 
 - ``pad_crop``: ``RandomCrop(size, padding)`` of the CIFAR recipes (zero padding, random offset);
 - ``random_resized_crop``: ``RandomResizedCrop(size, scale, ratio)`` (ten tries per sample to
-  draw an area and aspect ratio that fit, else the central crop), resampled bilinearly
-  through one ``grid_sample`` for the whole batch;
+  draw an area and aspect ratio that fit, else the central crop);
 - ``horizontal_flip``: ``RandomHorizontalFlip(p)``.
 
 Random numbers come from torch's global CPU generator (the protocol seeds it) and are
-moved to the batch's device, so a seed gives the same augmentation on CPU and GPU.
-What differs from torchvision: crops are drawn from the cached (already centre-cropped)
-image rather than the original file, and resampling uses no antialiasing (with the
-default ``size``, the input size, crops are only ever enlarged, where antialiasing does
-nothing; then the pixels equal cutting out the crop and ``F.interpolate`` bilinear).
+moved to the batch's device, so a seed gives the same crop boxes and flips on CPU and GPU.
+
+Folder data sets give training batches from their crop source (the whole image at a fixed
+square, :class:`fluxbench.benchmarks.base.CropSource`) with each image's original size:
+boxes are then sampled on the original geometry, as torchvision's transform on the file,
+and mapped onto the cached square (rounded to its pixels on the CPU path). Resampling:
+uint8 batches on the CPU are cut out and resized one image at a time by ``F.interpolate``
+(bilinear, antialiased: torchvision v2's ``resized_crop`` on uint8, its fast channels-last
+kernel); float batches and other devices go through one ``grid_sample`` for the whole
+batch (bilinear, no antialiasing: crops that are enlarged, the default for a centre view,
+equal cutting out the crop and ``F.interpolate``; shrunk crops alias slightly).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -96,8 +102,13 @@ class RandomResizedCrop:
     flip: float = 0.0
     attempts: int = 10
 
-    def boxes(self, n: int, h: int, w: int) -> torch.Tensor:
-        """``(n, 4)`` crop boxes ``(top, left, height, width)`` by torchvision's sampling rule."""
+    takes_geometry: ClassVar[bool] = True  # may crop a batch of whole images given their original sizes
+
+    def boxes(self, n: int, h: int | torch.Tensor, w: int | torch.Tensor) -> torch.Tensor:
+        """``(n, 4)`` crop boxes ``(top, left, height, width)`` by torchvision's sampling rule, on an ``h`` x ``w``
+        image (ints, or ``(n,)`` tensors: one geometry per image)."""
+        h = torch.as_tensor(h, dtype=torch.float32).reshape(-1, 1).expand(n, 1)
+        w = torch.as_tensor(w, dtype=torch.float32).reshape(-1, 1).expand(n, 1)
         area = torch.empty(n, self.attempts).uniform_(*self.scale) * (h * w)
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         aspect = torch.exp(torch.empty(n, self.attempts).uniform_(*log_ratio))
@@ -107,6 +118,7 @@ class RandomResizedCrop:
         first = fits.to(torch.int8).argmax(dim=1)
         pick = torch.arange(n)
         cw, ch, found = cw[pick, first], ch[pick, first], fits.any(dim=1)
+        h, w = h[:, 0], w[:, 0]
         fw, fh = self._fallback(h, w)
         cw, ch = torch.where(found, cw, fw), torch.where(found, ch, fh)
         u = torch.rand(2, n)
@@ -114,36 +126,89 @@ class RandomResizedCrop:
         left = torch.where(found, torch.floor(u[1] * (w - cw + 1)), torch.div(w - cw, 2, rounding_mode="floor"))
         return torch.stack([top, left, ch, cw], dim=1)
 
-    def _fallback(self, h: int, w: int) -> tuple[float, float]:
+    def _fallback(self, h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The central crop torchvision uses when no draw fits: the largest box within ``ratio``."""
         in_ratio = w / h
-        if in_ratio < self.ratio[0]:
-            return float(w), float(round(w / self.ratio[0]))
-        if in_ratio > self.ratio[1]:
-            return float(round(h * self.ratio[1])), float(h)
-        return float(w), float(h)
+        narrow, wide = in_ratio < self.ratio[0], in_ratio > self.ratio[1]
+        fw = torch.where(wide, torch.round(h * self.ratio[1]), w)
+        fh = torch.where(narrow, torch.round(w / self.ratio[0]), h)
+        return fw, fh
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, sizes: torch.Tensor | None = None, size: int | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Crops of ``x`` (of ``x[rows]`` when given: the batch is not gathered first). With ``sizes`` (``(n, 2)``
+        original heights and widths, on the CPU) ``x`` holds whole images resized to a square and boxes follow
+        each original geometry. Output side: ``self.size``, else ``size``, else the input height."""
         _check_batch(x)
-        n, _, h, w = x.shape
-        size = self.size or h
-        top, left, ch, cw = self.boxes(n, h, w).to(torch.float32).unbind(1)
-        # sampling positions in grid_sample's [-1, 1] input coordinates (align_corners=False): the
-        # crop is axis-aligned, so the grid is an outer sum of one row and one column per image
-        steps = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1  # output pixel centres
-        mirror = torch.where(_flips(n, self.flip), -1.0, 1.0) if self.flip > 0 else torch.ones(n)
-        gx = (mirror * cw / w)[:, None] * steps + ((2 * left + cw) / w - 1)[:, None]  # (n, size)
-        gy = (ch / h)[:, None] * steps + ((2 * top + ch) / h - 1)[:, None]
-        # keep samples within the crop's first and last pixel centres, as resizing the cut-out crop does
-        gx = gx.clamp(min=((2 * left + 1) / w - 1)[:, None], max=((2 * (left + cw) - 1) / w - 1)[:, None])
-        gy = gy.clamp(min=((2 * top + 1) / h - 1)[:, None], max=((2 * (top + ch) - 1) / h - 1)[:, None])
-        work = x if x.is_floating_point() else x.float()
-        gx, gy = gx.to(device=x.device, dtype=work.dtype), gy.to(device=x.device, dtype=work.dtype)
-        grid = torch.stack([gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)], dim=3)
-        out = F.grid_sample(work, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        if not x.is_floating_point():
-            out = out.round_().clamp_(0, torch.iinfo(x.dtype).max).to(x.dtype)
-        return out
+        _, _, h, w = x.shape
+        n = len(x) if rows is None else len(rows)
+        size = self.size or size or h
+        geometry = sizes.to(torch.float32).unbind(1) if sizes is not None else (float(h), float(w))
+        boxes = self.boxes(n, *geometry)
+        flips = _flips(n, self.flip) if self.flip > 0 else torch.zeros(n, dtype=torch.bool)
+        # the box as fractions of the image: the same on the original and on the cached square
+        tall, wide = (torch.full((n,), float(h)), torch.full((n,), float(w))) if sizes is None else geometry
+        frac = torch.stack([boxes[:, 0] / tall, boxes[:, 1] / wide, boxes[:, 2] / tall, boxes[:, 3] / wide], dim=1)
+        if x.dtype == torch.uint8 and x.device.type == "cpu":
+            return _resize_each(x, frac, flips, size, range(n) if rows is None else rows.tolist())
+        return _grid_resize(x if rows is None else x[rows], frac, flips, size)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Intra-op threads off for a loop of small ops: handing each one to the thread pool costs more than the
+    work (10x the CPU time on a busy 2-core machine). Restored after; the step's large ops keep every thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _resize_each(
+    x: torch.Tensor, frac: torch.Tensor, flips: torch.Tensor, size: int, rows: Sequence[int]
+) -> torch.Tensor:
+    """Cut out each box of ``x[rows[i]]`` (rounded to ``x``'s pixels, at least one) and resize it, antialiased,
+    one image at a time."""
+    _, c, h, w = x.shape
+    top = (frac[:, 0] * h).round().clamp(0, h - 1)
+    left = (frac[:, 1] * w).round().clamp(0, w - 1)
+    bottom = torch.maximum(((frac[:, 0] + frac[:, 2]) * h).round().clamp(max=h), top + 1)
+    right = torch.maximum(((frac[:, 1] + frac[:, 3]) * w).round().clamp(max=w), left + 1)
+    out = torch.empty((len(frac), c, size, size), dtype=x.dtype)
+    boxes = torch.stack([top, left, bottom, right], 1).long().tolist()
+    with _one_thread():
+        for i, (row, (t, le, b, r)) in enumerate(zip(rows, boxes)):
+            # channels-last is the layout of torch's fast uint8 kernel (a cached NHWC batch already is)
+            crop = x[row:row + 1, :, t:b, le:r].contiguous(memory_format=torch.channels_last)
+            resized = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            out[i] = resized[0].flip(2) if flips[i] else resized[0]
+    return out
+
+
+def _grid_resize(x: torch.Tensor, frac: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """All boxes through one bilinear ``grid_sample`` (any device, float or uint8)."""
+    n, _, h, w = x.shape
+    top, left, ch, cw = (v.to(torch.float32) for v in frac.unbind(1))
+    # sampling positions in grid_sample's [-1, 1] input coordinates (align_corners=False): the
+    # crop is axis-aligned, so the grid is an outer sum of one row and one column per image
+    steps = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1  # output pixel centres
+    mirror = torch.where(flips, -1.0, 1.0)
+    gx = (mirror * cw)[:, None] * steps + (2 * left + cw - 1)[:, None]  # (n, size)
+    gy = ch[:, None] * steps + (2 * top + ch - 1)[:, None]
+    # keep samples within the crop's first and last pixel centres, as resizing the cut-out crop does
+    gx = gx.clamp(min=(2 * left - 1 + 1 / w)[:, None], max=(2 * (left + cw) - 1 - 1 / w)[:, None])
+    gy = gy.clamp(min=(2 * top - 1 + 1 / h)[:, None], max=(2 * (top + ch) - 1 - 1 / h)[:, None])
+    work = x if x.is_floating_point() else x.float()
+    gx, gy = gx.to(device=x.device, dtype=work.dtype), gy.to(device=x.device, dtype=work.dtype)
+    grid = torch.stack([gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)], dim=3)
+    out = F.grid_sample(work, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if not x.is_floating_point():
+        out = out.round_().clamp_(0, torch.iinfo(x.dtype).max).to(x.dtype)
+    return out
 
 
 @dataclass(frozen=True)
@@ -152,8 +217,14 @@ class Compose:
 
     steps: tuple[BatchTransform, ...]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        for step in self.steps:
+    @property
+    def takes_geometry(self) -> bool:
+        return bool(getattr(self.steps[0], "takes_geometry", False))
+
+    def __call__(self, x: torch.Tensor, **geometry: Any) -> torch.Tensor:
+        """``geometry`` (``sizes``, ``size``) goes to the first step, the one that crops whole images."""
+        x = self.steps[0](x, **geometry)
+        for step in self.steps[1:]:
             x = step(x)
         return x
 

@@ -29,6 +29,7 @@ SEED_TAG = "seed"
 TRIAL_TAG = "trial"
 GIT_TAG = "git_commit"
 FINGERPRINT_TAG = "data_fingerprint.{role}"  # .format(role="tuning" | "evaluation")
+DATA_SPLIT_TAG = "data_split"  # pilot_released | seeded_80_20 | official; a parent run's: data_split.<role>
 SELECTED_TAG = "selected.{name}"  # two_phase: a selected hyperparameter value
 PRESET_TAG = "fluxbench.preset"  # the conf/experiment/ preset a parent run reproduces (fluxbench reproduce)
 DEVIATION_TAG = "fluxbench.deviation"  # a run that departs from its spec says how (continual pretraining: no pool)

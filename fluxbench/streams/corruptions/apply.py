@@ -85,7 +85,7 @@ def corrupt_dataset(
     get_corruption(name)
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
-    out = np.empty_like(np.asarray(data.images))
+    out = np.empty(data.images.shape, dtype=np.uint8)  # not np.asarray: a lazy subset would be read whole
     for chunk, start in enumerate(range(0, len(data), chunk_size)):
         part = np.ascontiguousarray(data.images[start:start + chunk_size])
         x = torch.from_numpy(part).to(device).permute(0, 3, 1, 2).float().div_(255.0)
