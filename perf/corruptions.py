@@ -8,7 +8,9 @@ included, as :func:`~fluxbench.streams.corruptions.corrupt_dataset` does. Both u
 table (``imagecorruptions`` has no other), so each pair does the same work: speed-up is the
 reference's seconds over ours for the same images. Each side has one untimed warm-up call per
 corruption. ``overall`` is total reference time over total fluxbench time (every corruption an equal
-share of images), for the 15 standard corruptions and for all 19.
+share of images), for the 15 standard corruptions and for all 19. Times are the process's CPU seconds
+(``time.process_time``): with one thread that is the work done, and it stays put on a shared, loaded machine
+where wall time does not.
 
 ``imagecorruptions`` stays out of the project's environment: install it and its extra dependencies
 into a folder of their own and pass it with ``--reference-path``::
@@ -95,22 +97,22 @@ def time_ours(pixels: np.ndarray, name: str, severities: list[int], batch_size: 
         return to_uint8(corrupt(x, name, severity, seed, "imagenet"))
 
     run(pixels[:2], severities[-1], 0)  # warm-up: caches, texture bank, kernels
-    start = time.perf_counter()
+    start = time.process_time()
     for severity in severities:
         for first in range(0, len(pixels), batch_size):
             run(pixels[first:first + batch_size], severity, first)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def time_reference(module: types.ModuleType, pixels: np.ndarray, name: str, severities: list[int]) -> float:
     """Seconds for ``imagecorruptions.corrupt`` on every image at every severity (one image per call)."""
     np.random.seed(0)
     module.corrupt(pixels[0], corruption_name=name, severity=severities[-1])  # warm-up
-    start = time.perf_counter()
+    start = time.process_time()
     for severity in severities:
         for image in pixels:
             module.corrupt(image, corruption_name=name, severity=severity)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def measure(args: argparse.Namespace, size: int, count: int, reference: types.ModuleType | None) -> list[dict]:
