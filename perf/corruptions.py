@@ -2,11 +2,12 @@
 
 Both sides get the same uint8 photos (random crops of scikit-learn's two bundled photos, at 224 px and
 at 32 px, the latter the 224 px crops box-shrunk) at the same severities, and both are timed uint8 in,
-uint8 out: ``imagecorruptions.corrupt`` one image per call, as it works; fluxbench's
-:func:`~fluxbench.streams.corruptions.corrupt` batched, the uint8 -> float -> uint8 conversions
-included, as :func:`~fluxbench.streams.corruptions.corrupt_dataset` does. Both use the ImageNet-C
+uint8 out: ``imagecorruptions.corrupt`` one image per call, as it works, on the first ``--reference-images``
+(its cost per image does not depend on how many); fluxbench's :func:`~fluxbench.streams.corruptions.corrupt`
+on ``--images`` in batches, the uint8 -> float -> uint8 conversions included, as
+:func:`~fluxbench.streams.corruptions.corrupt_dataset` does. Both use the ImageNet-C
 table (``imagecorruptions`` has no other), so each pair does the same work: speed-up is the
-reference's seconds over ours for the same images. Each side has one untimed warm-up call per
+reference's milliseconds per image over ours. Each side has one untimed warm-up call per
 corruption. ``overall`` is total reference time over total fluxbench time (every corruption an equal
 share of images), for the 15 standard corruptions and for all 19. Times are the process's CPU seconds
 (``time.process_time``): with one thread that is the work done, and it stays put on a shared, loaded machine
@@ -43,7 +44,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.datasets import load_sample_image  # noqa: E402
 
-from fluxbench.streams.corruptions import CORRUPTIONS, corrupt, list_corruptions, to_uint8  # noqa: E402
+from fluxbench.streams.corruptions import CORRUPTIONS, corrupt, list_corruptions, to_float, to_uint8  # noqa: E402
 
 
 def photos(count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -93,8 +94,7 @@ def load_reference(path: str) -> types.ModuleType | None:
 def time_ours(pixels: np.ndarray, name: str, severities: list[int], batch_size: int, device: torch.device) -> float:
     """Seconds for uint8 images -> float tensors -> :func:`corrupt` -> uint8, every image at every severity."""
     def run(images: np.ndarray, severity: int, seed: int) -> np.ndarray:
-        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
-        return to_uint8(corrupt(x, name, severity, seed, "imagenet"))
+        return to_uint8(corrupt(to_float(images, device), name, severity, seed, "imagenet"))
 
     run(pixels[:2], severities[-1], 0)  # warm-up: caches, texture bank, kernels
     start = time.process_time()
@@ -115,13 +115,14 @@ def time_reference(module: types.ModuleType, pixels: np.ndarray, name: str, seve
     return time.process_time() - start
 
 
-def measure(args: argparse.Namespace, size: int, count: int, reference: types.ModuleType | None) -> list[dict]:
+def measure(args: argparse.Namespace, size: int, count: int, ref_count: int,
+            reference: types.ModuleType | None) -> list[dict]:
     severities = [int(s) for s in args.severities.split(",")]
     names = args.only.split(",") if args.only else list_corruptions()
     pixels = photos(count, size)
     device = torch.device(args.device)
-    print(f"\n{count} images {size}x{size}, severities {severities}, ImageNet-C parameters, fluxbench batch "
-          f"{args.batch_size} on {device}, one CPU thread")
+    print(f"\n{size}x{size}: fluxbench {count} images in batches of {args.batch_size} on {device}, imagecorruptions "
+          f"the first {ref_count}; severities {severities}, ImageNet-C parameters, one CPU thread")
     print(f"{'corruption':20s} {'img/s':>9s} {'ms/img':>8s} {'ref img/s':>10s} {'ref ms/img':>10s} {'speed-up':>9s}")
     rows = []
     for name in names:
@@ -130,9 +131,10 @@ def measure(args: argparse.Namespace, size: int, count: int, reference: types.Mo
         row = {"size": size, "corruption": name, "images": n, "seconds": seconds, "ms_per_img": 1000 * seconds / n}
         ref = f"{'-':>10s} {'-':>10s} {'-':>9s}"
         if reference is not None:
-            row["ref_seconds"] = time_reference(reference, pixels, name, severities)
-            row["ref_ms_per_img"] = 1000 * row["ref_seconds"] / n
-            row["speedup"] = row["ref_seconds"] / seconds
+            ref_seconds = time_reference(reference, pixels[:ref_count], name, severities)
+            row["ref_ms_per_img"] = 1000 * ref_seconds / (ref_count * len(severities))
+            row["ref_seconds"] = row["ref_ms_per_img"] * n / 1000  # per-image cost, scaled to our image count
+            row["speedup"] = row["ref_ms_per_img"] / row["ms_per_img"]
             ref = f"{1000 / row['ref_ms_per_img']:10.1f} {row['ref_ms_per_img']:10.2f} {row['speedup']:8.2f}x"
         print(f"{name:20s} {1000 / row['ms_per_img']:9.1f} {row['ms_per_img']:8.2f} {ref}", flush=True)
         rows.append(row)
@@ -150,8 +152,10 @@ def measure(args: argparse.Namespace, size: int, count: int, reference: types.Mo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="224,32", help="image sizes, each with its own image count")
-    parser.add_argument("--images", default="8,32", help="images per size (same images on both sides)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--images", default="64,256", help="fluxbench's images per size")
+    parser.add_argument("--reference-images", default="8,32",
+                        help="imagecorruptions' images per size: the first of fluxbench's (it is per image, and slow)")
+    parser.add_argument("--batch-size", type=int, default=64, help="fluxbench's batch (corrupt_dataset's is 256)")
     parser.add_argument("--severities", default="1,2,3,4,5")
     parser.add_argument("--only", default="", help="comma-separated corruptions (default: all registered)")
     parser.add_argument("--device", default="cpu", help="fluxbench's device; the reference always runs on CPU")
@@ -162,8 +166,8 @@ def main() -> None:
     torch.set_num_threads(1)
     reference = load_reference(args.reference_path)
     rows = []
-    for size, count in zip(args.sizes.split(","), args.images.split(",")):
-        rows += measure(args, int(size), int(count), reference)
+    for size, count, ref_count in zip(args.sizes.split(","), args.images.split(","), args.reference_images.split(",")):
+        rows += measure(args, int(size), int(count), min(int(ref_count), int(count)), reference)
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_sample_image
 
+from fluxbench.streams.corruptions import corrupt, list_corruptions, to_float, to_uint8
 from fluxbench.streams.corruptions import spatter as sp
 from fluxbench.streams.corruptions.params import severity_params
 
@@ -74,3 +78,27 @@ def test_hysteresis_by_labelling_equals_the_dilation_loop():
     strong[1, 0, 0, 0] = True
     assert torch.equal(sp.hysteresis(candidate, strong), hysteresis_before(candidate, strong))
     assert not sp.hysteresis(candidate, strong)[0].any()
+
+
+@pytest.fixture(scope="module")
+def pixels48() -> np.ndarray:
+    photo = load_sample_image("china.jpg")
+    return np.stack([photo[100:148, 200:248], photo[300:348, 40:88], photo[10:58, 500:548]])
+
+
+def test_to_uint8_equals_the_floor_it_replaced():
+    x = torch.rand(3, 3, 9, 11, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1
+    x[0, 0, 0, :4] = torch.tensor([0.0, 1.0, 254.5 / 255, 3 / 255])
+    before = torch.floor(x.clamp(0, 1) * 255 + 1e-3).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    assert np.array_equal(to_uint8(x), before)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    assert np.array_equal(to_uint8(to_float(pixels)), pixels) and to_float(pixels).is_contiguous()
+
+
+@pytest.mark.parametrize("name", list_corruptions())
+def test_layout_does_not_change_the_images(name, pixels48):
+    """to_float gives contiguous tensors where a bare permute gives channels-last ones: same uint8 images."""
+    channels_last = torch.from_numpy(pixels48).permute(0, 3, 1, 2).float().div_(255)
+    for severity in (1, 5):
+        ours = to_uint8(corrupt(to_float(pixels48), name, severity, 0, "imagenet"))
+        assert np.array_equal(ours, to_uint8(corrupt(channels_last, name, severity, 0, "imagenet")))

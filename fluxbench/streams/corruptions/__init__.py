@@ -23,7 +23,7 @@ A new corruption is one function registered with ``@register_corruption("name")`
 """
 
 from fluxbench.streams.corruptions import blur, digital, frost, jpeg, noise, spatter, weather  # noqa: F401  (register)
-from fluxbench.streams.corruptions.apply import chunk_seed, corrupt, corrupt_dataset, to_uint8
+from fluxbench.streams.corruptions.apply import chunk_seed, corrupt, corrupt_dataset, to_float, to_uint8
 from fluxbench.streams.corruptions.frost import FROST_FILES, FROST_SOURCE
 from fluxbench.streams.corruptions.params import PARAM_SETS
 from fluxbench.streams.corruptions.registry import (
@@ -36,5 +36,6 @@ from fluxbench.streams.corruptions.registry import (
 
 __all__ = [
     "CORRUPTIONS", "FROST_FILES", "FROST_SOURCE", "HELD_OUT_CORRUPTIONS", "PARAM_SETS", "chunk_seed", "corrupt",
-    "corrupt_dataset", "get_corruption", "list_corruptions", "register_corruption", "to_uint8",
+    "corrupt_dataset", "get_corruption", "list_corruptions", "register_corruption", "to_float",
+    "to_uint8",
 ]
