@@ -3,9 +3,10 @@
 Both sides get the same uint8 photos (random crops of scikit-learn's two bundled photos, at 224 px and
 at 32 px, the latter the 224 px crops box-shrunk) at the same severities, and both are timed uint8 in,
 uint8 out: ``imagecorruptions.corrupt`` one image per call, as it works, on the first ``--reference-images``
-(its cost per image does not depend on how many); fluxbench's :func:`~fluxbench.streams.corruptions.corrupt`
-on ``--images`` in batches, the uint8 -> float -> uint8 conversions included, as
-:func:`~fluxbench.streams.corruptions.corrupt_dataset` does. Both use the ImageNet-C
+(its cost per image does not depend on how many); fluxbench's
+:func:`~fluxbench.streams.corruptions.corrupt_pixels` (what :func:`~fluxbench.streams.corruptions.corrupt_dataset`
+runs: the uint8 -> float -> uint8 conversions included, or a corruption's own uint8 path) on ``--images``
+in batches. Both use the ImageNet-C
 table (``imagecorruptions`` has no other), so each pair does the same work: speed-up is the
 reference's milliseconds per image over ours. Each side has one untimed warm-up call per
 corruption. ``overall`` is total reference time over total fluxbench time (every corruption an equal
@@ -44,7 +45,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.datasets import load_sample_image  # noqa: E402
 
-from fluxbench.streams.corruptions import CORRUPTIONS, corrupt, list_corruptions, to_float, to_uint8  # noqa: E402
+from fluxbench.streams.corruptions import CORRUPTIONS, corrupt_pixels, list_corruptions  # noqa: E402
 
 
 def photos(count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -92,9 +93,9 @@ def load_reference(path: str) -> types.ModuleType | None:
 
 
 def time_ours(pixels: np.ndarray, name: str, severities: list[int], batch_size: int, device: torch.device) -> float:
-    """Seconds for uint8 images -> float tensors -> :func:`corrupt` -> uint8, every image at every severity."""
+    """Seconds for :func:`corrupt_pixels` (uint8 in and out, as corrupt_dataset) on every image at every severity."""
     def run(images: np.ndarray, severity: int, seed: int) -> np.ndarray:
-        return to_uint8(corrupt(to_float(images, device), name, severity, seed, "imagenet"))
+        return corrupt_pixels(images, name, severity, seed, "imagenet", device)
 
     run(pixels[:2], severities[-1], 0)  # warm-up: caches, texture bank, kernels
     start = time.process_time()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from fluxbench.streams.corruptions import corrupt, list_corruptions, to_float, to_uint8
+from fluxbench.streams.corruptions import corrupt, corrupt_pixels, list_corruptions, to_float, to_uint8
 from fluxbench.streams.corruptions import spatter as sp
 from fluxbench.streams.corruptions.params import severity_params
+from fluxbench.streams.corruptions.registry import get_pixel_path
 
 _CHAMFER = [(1.0, ((0, 1), (0, -1), (1, 0), (-1, 0))),
             (1.4, ((1, 1), (1, -1), (-1, 1), (-1, -1))),
@@ -102,3 +106,57 @@ def test_layout_does_not_change_the_images(name, pixels48):
     for severity in (1, 5):
         ours = to_uint8(corrupt(to_float(pixels48), name, severity, 0, "imagenet"))
         assert np.array_equal(ours, to_uint8(corrupt(channels_last, name, severity, 0, "imagenet")))
+
+
+def pillow_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """imagecorruptions' (and the generators') JPEG: a Pillow save and load."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(buffer))
+
+
+@pytest.mark.parametrize("params", ["imagenet", "cifar"])
+def test_jpeg_on_cpu_is_pillows_codec_pixel_for_pixel(params, pixels48):
+    grey = pixels48[..., :1]
+    odd = np.ascontiguousarray(pixels48[:, :37, :45])
+    for severity in range(1, 6):
+        quality = severity_params("jpeg_compression", severity, params)
+        for images in (pixels48, odd, grey):
+            ours = to_uint8(corrupt(to_float(images), "jpeg_compression", severity, 0, params))
+            theirs = np.stack([pillow_jpeg(image.squeeze(-1) if image.shape[-1] == 1 else image, quality)
+                               for image in images]).reshape(images.shape)
+            assert np.array_equal(ours, theirs), (severity, images.shape)
+
+
+def test_jpeg_matches_imagecorruptions_when_installed(pixels48):
+    imagecorruptions = pytest.importorskip("imagecorruptions")
+    for severity in (1, 5):
+        ours = to_uint8(corrupt(to_float(pixels48), "jpeg_compression", severity, 0, "imagenet"))
+        theirs = np.stack([imagecorruptions.corrupt(image, corruption_name="jpeg_compression", severity=severity)
+                           for image in pixels48])
+        assert np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("name", ["jpeg_compression", "pixelate"])
+@pytest.mark.parametrize("params", ["imagenet", "cifar"])
+def test_pixel_paths_give_the_float_paths_bytes(name, params, pixels48):
+    assert get_pixel_path(name) is not None
+    photo = load_sample_image("flower.jpg")
+    sets = [pixels48, np.ascontiguousarray(pixels48[:, 3:40, 1:46]), pixels48[..., 1:2].copy(),
+            np.stack([photo[:224, :224], photo[200:424, 300:524]]), np.stack([photo[:32, :32], photo[50:82, 9:41]])]
+    for severity in range(1, 6):
+        for pixels in sets:
+            fast = corrupt_pixels(pixels, name, severity, 0, params)
+            assert fast.dtype == np.uint8 and fast.shape == pixels.shape
+            assert np.array_equal(fast, to_uint8(corrupt(to_float(pixels), name, severity, 0, params)))
+
+
+def test_pixelate_matches_imagecorruptions_box_then_nearest(pixels48):
+    """imagecorruptions' pixelate (BOX down, NEAREST up) rounds its box means where ours truncates: at most a level."""
+    for severity in range(1, 6):
+        factor = severity_params("pixelate", severity, "imagenet")
+        ours = corrupt_pixels(pixels48, "pixelate", severity, 0, "imagenet").astype(int)
+        for image, mine in zip(pixels48, ours):
+            small = Image.fromarray(image).resize((int(48 * factor),) * 2, Image.BOX)
+            theirs = np.asarray(small.resize((48, 48), Image.NEAREST)).astype(int)
+            assert np.abs(mine - theirs).max() <= 1 and (mine <= theirs).all()
