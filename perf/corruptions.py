@@ -1,139 +1,180 @@
-"""Corruption throughput: images/s per corruption on 224x224 photos, batched, against ``imagecorruptions``.
+"""Corruption engine against ``imagecorruptions`` 1.1.2, side by side in one process, on one CPU thread.
 
-Times :func:`fluxbench.streams.corruptions.corrupt` on ``--images`` random 224x224 crops of
-scikit-learn's two bundled photos, in batches of ``--batch-size``, at each of
-``--severities``, after one warm-up call per corruption (frost builds its texture bank
-then). Where the ``imagecorruptions`` package is importable it is timed in the same
-process on the first ``--reference-images`` images (one image per call, as it works) and
-the speed-up is printed; where it is not, the comparison is skipped with a note, and the
-overall figure is compared with ``--assumed-reference-ms`` (the issue's ~90 ms per image on
-one core; not measured here). Usage::
+Both sides get the same uint8 photos (random crops of scikit-learn's two bundled photos, at 224 px and
+at 32 px, the latter the 224 px crops box-shrunk) at the same severities, and both are timed uint8 in,
+uint8 out: ``imagecorruptions.corrupt`` one image per call, as it works, on the first ``--reference-images``
+(its cost per image does not depend on how many); fluxbench's
+:func:`~fluxbench.streams.corruptions.corrupt_pixels` (what :func:`~fluxbench.streams.corruptions.corrupt_dataset`
+runs: the uint8 -> float -> uint8 conversions included, or a corruption's own uint8 path) on ``--images``
+in batches. Both use the ImageNet-C
+table (``imagecorruptions`` has no other), so each pair does the same work: speed-up is the
+reference's milliseconds per image over ours. Each side has one untimed warm-up call per
+corruption. ``overall`` is total reference time over total fluxbench time (every corruption an equal
+share of images), for the 15 standard corruptions and for all 19. Times are the process's CPU seconds
+(``time.process_time``): with one thread that is the work done, and it stays put on a shared, loaded machine
+where wall time does not.
 
-    .venv/bin/python perf/corruptions.py                               # CPU, 64 images, severities 1-5
-    .venv/bin/python perf/corruptions.py --threads 1 --csv corruptions.csv
-    .venv/bin/python perf/corruptions.py --device cuda --images 1024 --batch-size 256
+``imagecorruptions`` stays out of the project's environment: install it and its extra dependencies
+into a folder of their own and pass it with ``--reference-path``::
+
+    .venv/bin/pip install --no-deps --target /tmp/perf-ic imagecorruptions==1.1.2 \\
+        opencv-python-headless scikit-image imageio tifffile lazy_loader networkx
+    .venv/bin/python perf/corruptions.py --reference-path /tmp/perf-ic
+    .venv/bin/python perf/corruptions.py --reference-path /tmp/perf-ic --sizes 224 --only jpeg_compression,pixelate
+
+It was written for older NumPy/SciPy/scikit-image; :func:`load_reference` patches its own copy at
+import (nothing on disk is edited). Without it, only fluxbench's img/s are printed.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import time
+import os
 
-import numpy as np
-import torch
-from sklearn.datasets import load_sample_image
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = "1"  # one CPU thread for both sides; must precede the numpy / torch imports
 
-from fluxbench.streams.corruptions import corrupt, list_corruptions
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.datasets import load_sample_image  # noqa: E402
+
+from fluxbench.streams.corruptions import CORRUPTIONS, corrupt_pixels, list_corruptions  # noqa: E402
 
 
 def photos(count: int, size: int, seed: int = 0) -> np.ndarray:
-    """``count`` random ``size`` x ``size`` crops of the bundled photos, ``(N, H, W, 3)`` uint8."""
+    """``count`` random 224 px crops of the bundled photos, box-resized to ``size``: ``(N, size, size, 3)`` uint8."""
     rng = np.random.default_rng(seed)
     sources = [load_sample_image("china.jpg"), load_sample_image("flower.jpg")]
     crops = []
     for index in range(count):
         source = sources[index % 2]
-        top, left = rng.integers(0, source.shape[0] - size + 1), rng.integers(0, source.shape[1] - size + 1)
-        crops.append(source[top:top + size, left:left + size])
+        top, left = rng.integers(0, source.shape[0] - 224 + 1), rng.integers(0, source.shape[1] - 224 + 1)
+        crop = source[top:top + 224, left:left + 224]
+        crops.append(crop if size == 224 else np.asarray(Image.fromarray(crop).resize((size, size), Image.BOX)))
     return np.stack(crops)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def load_reference(path: str) -> types.ModuleType | None:
+    """``imagecorruptions`` from ``path`` with the patches it needs on current libraries, or None if absent."""
+    if path:
+        sys.path.insert(0, path)
+    if "pkg_resources" not in sys.modules:  # setuptools no longer ships it; only resource_filename is used
+        stub = types.ModuleType("pkg_resources")
+        stub.resource_filename = lambda package, name: str(Path(sys.modules[package].__file__).parent / name)
+        sys.modules["pkg_resources"] = stub
+    try:
+        import cv2
+        import imagecorruptions
+        from imagecorruptions import corruptions as module
+    except ImportError as error:
+        print(f"imagecorruptions not importable ({error}): fluxbench alone")
+        return None
+    cv2.setNumThreads(1)
+    numpy_compat = types.ModuleType("numpy_compat")  # np.float_ left NumPy 2.0; give the module its own alias
+    numpy_compat.__dict__.update(np.__dict__)
+    numpy_compat.float_ = np.float64
+    module.np = numpy_compat
+    gaussian = module.gaussian
+
+    def gaussian_compat(image, *args, multichannel=None, **kwargs):  # scikit-image 0.19 renamed multichannel
+        if multichannel:
+            kwargs["channel_axis"] = -1
+        return gaussian(image, *args, **kwargs)
+
+    module.gaussian = gaussian_compat
+    return imagecorruptions
 
 
-def time_ours(x: torch.Tensor, name: str, severities: list[int], batch_size: int, params: str) -> float:
-    """Seconds to corrupt every image once at every severity."""
-    corrupt(x[:2], name, severities[-1], 0, params)  # warm-up: caches, texture bank, kernels
-    sync(x.device)
-    start = time.perf_counter()
+def time_ours(pixels: np.ndarray, name: str, severities: list[int], batch_size: int, device: torch.device) -> float:
+    """Seconds for :func:`corrupt_pixels` (uint8 in and out, as corrupt_dataset) on every image at every severity."""
+    def run(images: np.ndarray, severity: int, seed: int) -> np.ndarray:
+        return corrupt_pixels(images, name, severity, seed, "imagenet", device)
+
+    run(pixels[:2], severities[-1], 0)  # warm-up: caches, texture bank, kernels
+    start = time.process_time()
     for severity in severities:
-        for first in range(0, len(x), batch_size):
-            corrupt(x[first:first + batch_size], name, severity, first, params)
-    sync(x.device)
-    return time.perf_counter() - start
+        for first in range(0, len(pixels), batch_size):
+            run(pixels[first:first + batch_size], severity, first)
+    return time.process_time() - start
 
 
-def time_reference(module, images: np.ndarray, name: str, severities: list[int]) -> float:
+def time_reference(module: types.ModuleType, pixels: np.ndarray, name: str, severities: list[int]) -> float:
     """Seconds for ``imagecorruptions.corrupt`` on every image at every severity (one image per call)."""
     np.random.seed(0)
-    start = time.perf_counter()
+    module.corrupt(pixels[0], corruption_name=name, severity=severities[-1])  # warm-up
+    start = time.process_time()
     for severity in severities:
-        for image in images:
+        for image in pixels:
             module.corrupt(image, corruption_name=name, severity=severity)
-    return time.perf_counter() - start
+    return time.process_time() - start
+
+
+def measure(args: argparse.Namespace, size: int, count: int, ref_count: int,
+            reference: types.ModuleType | None) -> list[dict]:
+    severities = [int(s) for s in args.severities.split(",")]
+    names = args.only.split(",") if args.only else list_corruptions()
+    pixels = photos(count, size)
+    device = torch.device(args.device)
+    print(f"\n{size}x{size}: fluxbench {count} images in batches of {args.batch_size} on {device}, imagecorruptions "
+          f"the first {ref_count}; severities {severities}, ImageNet-C parameters, one CPU thread")
+    print(f"{'corruption':20s} {'img/s':>9s} {'ms/img':>8s} {'ref img/s':>10s} {'ref ms/img':>10s} {'speed-up':>9s}")
+    rows = []
+    for name in names:
+        seconds = time_ours(pixels, name, severities, args.batch_size, device)
+        n = len(pixels) * len(severities)
+        row = {"size": size, "corruption": name, "images": n, "seconds": seconds, "ms_per_img": 1000 * seconds / n}
+        ref = f"{'-':>10s} {'-':>10s} {'-':>9s}"
+        if reference is not None:
+            ref_seconds = time_reference(reference, pixels[:ref_count], name, severities)
+            row["ref_ms_per_img"] = 1000 * ref_seconds / (ref_count * len(severities))
+            row["ref_seconds"] = row["ref_ms_per_img"] * n / 1000  # per-image cost, scaled to our image count
+            row["speedup"] = row["ref_ms_per_img"] / row["ms_per_img"]
+            ref = f"{1000 / row['ref_ms_per_img']:10.1f} {row['ref_ms_per_img']:10.2f} {row['speedup']:8.2f}x"
+        print(f"{name:20s} {1000 / row['ms_per_img']:9.1f} {row['ms_per_img']:8.2f} {ref}", flush=True)
+        rows.append(row)
+    for label, subset in (("overall (15)", [r for r in rows if r["corruption"] in CORRUPTIONS]), ("overall", rows)):
+        ours = sum(r["seconds"] for r in subset)
+        if not subset or ours == 0:
+            continue
+        line = f"{label:20s} {sum(r['images'] for r in subset) / ours:9.1f}"
+        if reference is not None:
+            line += f"   speed-up {sum(r['ref_seconds'] for r in subset) / ours:.1f}x"
+        print(line)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--sizes", default="224,32", help="image sizes, each with its own image count")
+    parser.add_argument("--images", default="64,256", help="fluxbench's images per size")
+    parser.add_argument("--reference-images", default="8,32",
+                        help="imagecorruptions' images per size: the first of fluxbench's (it is per image, and slow)")
+    parser.add_argument("--batch-size", type=int, default=64, help="fluxbench's batch (corrupt_dataset's is 256)")
     parser.add_argument("--severities", default="1,2,3,4,5")
-    parser.add_argument("--params", default="imagenet", choices=["imagenet", "cifar"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--reference-images", type=int, default=8)
-    parser.add_argument("--assumed-reference-ms", type=float, default=90.0)
+    parser.add_argument("--only", default="", help="comma-separated corruptions (default: all registered)")
+    parser.add_argument("--device", default="cpu", help="fluxbench's device; the reference always runs on CPU")
+    parser.add_argument("--reference-path", default="", help="folder holding imagecorruptions and its dependencies")
     parser.add_argument("--csv", default="")
     args = parser.parse_args()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    severities = [int(s) for s in args.severities.split(",")]
-    pixels = photos(args.images, args.size)
-    x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255).contiguous()
-    try:
-        import imagecorruptions
-    except ImportError:
-        imagecorruptions = None
-        print("imagecorruptions is not installed: skipping the comparison (pip install imagecorruptions to run it)")
-
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.images} images {args.size}x{args.size}, batch {args.batch_size}, severities {severities}, "
-          f"params {args.params}, {where}")
-    print(f"{'corruption':20s} {'img/s':>9s} {'ms/img':>8s} {'ref img/s':>10s} {'speed-up':>9s}")
-    rows, ours_total, ref_total, ref_count = [], 0.0, 0.0, 0
-    for name in list_corruptions():
-        seconds = time_ours(x, name, severities, args.batch_size, args.params)
-        count = len(x) * len(severities)
-        ours_total += seconds
-        row = {"corruption": name, "img_per_s": count / seconds, "ms_per_img": 1000 * seconds / count}
-        if imagecorruptions is not None:
-            subset = pixels[: args.reference_images]
-            ref_seconds = time_reference(imagecorruptions, subset, name, severities)
-            ref_total += ref_seconds
-            ref_count = len(subset) * len(severities)
-            row["ref_img_per_s"] = ref_count / ref_seconds
-            row["speedup"] = row["img_per_s"] / row["ref_img_per_s"]
-        rows.append(row)
-        ref = f"{row['ref_img_per_s']:10.1f} {row['speedup']:8.1f}x" if "speedup" in row else f"{'-':>10s} {'-':>9s}"
-        print(f"{name:20s} {row['img_per_s']:9.1f} {row['ms_per_img']:8.2f} {ref}")
-
-    count = len(x) * len(severities) * len(rows)
-    overall = count / ours_total
-    print(f"{'overall':20s} {overall:9.1f} {1000 / overall:8.2f}  (all corruptions, equal share)")
-    if imagecorruptions is not None:
-        ref_overall = ref_count * len(rows) / ref_total
-        print(f"imagecorruptions overall {ref_overall:.1f} img/s: speed-up {overall / ref_overall:.1f}x")
-    else:
-        assumed = 1000 / args.assumed_reference_ms
-        print(f"vs an assumed {args.assumed_reference_ms:.0f} ms/image for imagecorruptions ({assumed:.1f} img/s, "
-              f"not measured here): {overall / assumed:.1f}x")
+    torch.set_num_threads(1)
+    reference = load_reference(args.reference_path)
+    rows = []
+    for size, count, ref_count in zip(args.sizes.split(","), args.images.split(","), args.reference_images.split(",")):
+        rows += measure(args, int(size), int(count), min(int(ref_count), int(count)), reference)
     if args.csv:
-        write_csv(args.csv, rows)
-
-
-def write_csv(path: str, rows: list[dict]) -> None:
-    fields = [f for f in ("corruption", "img_per_s", "ms_per_img", "ref_img_per_s", "speedup") if f in rows[0]]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {path}")
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.csv}")
 
 
 if __name__ == "__main__":

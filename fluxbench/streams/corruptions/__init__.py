@@ -23,7 +23,14 @@ A new corruption is one function registered with ``@register_corruption("name")`
 """
 
 from fluxbench.streams.corruptions import blur, digital, frost, jpeg, noise, spatter, weather  # noqa: F401  (register)
-from fluxbench.streams.corruptions.apply import chunk_seed, corrupt, corrupt_dataset, to_uint8
+from fluxbench.streams.corruptions.apply import (
+    chunk_seed,
+    corrupt,
+    corrupt_dataset,
+    corrupt_pixels,
+    to_float,
+    to_uint8,
+)
 from fluxbench.streams.corruptions.frost import FROST_FILES, FROST_SOURCE
 from fluxbench.streams.corruptions.params import PARAM_SETS
 from fluxbench.streams.corruptions.registry import (
@@ -32,9 +39,11 @@ from fluxbench.streams.corruptions.registry import (
     get_corruption,
     list_corruptions,
     register_corruption,
+    register_pixel_path,
 )
 
 __all__ = [
     "CORRUPTIONS", "FROST_FILES", "FROST_SOURCE", "HELD_OUT_CORRUPTIONS", "PARAM_SETS", "chunk_seed", "corrupt",
-    "corrupt_dataset", "get_corruption", "list_corruptions", "register_corruption", "to_uint8",
+    "corrupt_dataset", "corrupt_pixels", "get_corruption", "list_corruptions", "register_corruption",
+    "register_pixel_path", "to_float", "to_uint8",
 ]

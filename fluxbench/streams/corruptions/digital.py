@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fluxbench.streams.corruptions.apply import to_float, to_uint8
 from fluxbench.streams.corruptions.ops import gaussian_filter, pil_box_matrix, to_gray, uniform
 from fluxbench.streams.corruptions.params import severity_params
-from fluxbench.streams.corruptions.registry import register_corruption
+from fluxbench.streams.corruptions.registry import register_corruption, register_pixel_path
 
 
 @register_corruption("contrast")
@@ -81,6 +83,40 @@ def pixelate(x: torch.Tensor, severity: int, generator: torch.Generator, params:
     down_w, up_w = _pixelate_matrices(w, factor, str(x.device))
     small = torch.matmul(torch.matmul(down_h.to(x.dtype), x), down_w.T.to(x.dtype))
     return torch.matmul(torch.matmul(up_h.to(x.dtype), small), up_w.T.to(x.dtype)).clamp_(0, 1)
+
+
+@lru_cache(maxsize=32)
+def _box_segments(n: int, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Pillow's BOX down- and up-sampling of ``n`` pixels as integer steps, or None where they are not that.
+
+    Down: output j averages the run ``starts[j]`` .. ``starts[j + 1] - 1`` (``counts[j]`` pixels, equal weights);
+    up: output i copies small pixel ``picks[i]`` (at an enlargement the box covers one pixel).
+    """
+    small = max(int(n * factor), 1)
+    down, up = pil_box_matrix(n, small), pil_box_matrix(small, n)
+    counts = (down > 0).sum(1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    expected = np.zeros_like(down)
+    for j, (start, count) in enumerate(zip(starts, counts)):
+        expected[j, start:start + count] = 1.0 / count
+    picks = up.argmax(1)
+    if counts.sum() != n or not np.array_equal(down, expected) or not np.array_equal(up, np.eye(small)[picks]):
+        return None
+    return starts, counts, picks
+
+
+@register_pixel_path("pixelate")
+def pixelate_pixels(pixels: np.ndarray, severity: int, params: str) -> np.ndarray:
+    """uint8 pixelate: the box sums in integers, floor-divided by the box size, which is what the float path's
+    ``to_uint8`` gives (its box means are ``k / n`` levels; the truncation keeps the floor)."""
+    factor = severity_params("pixelate", severity, params)
+    rows, cols = _box_segments(pixels.shape[1], factor), _box_segments(pixels.shape[2], factor)
+    if rows is None or cols is None:  # not plain boxes: the float path
+        return to_uint8(pixelate(to_float(pixels), severity, None, params))
+    sums = np.add.reduceat(np.add.reduceat(pixels, rows[0], axis=1, dtype=np.uint32), cols[0], axis=2)
+    sums //= (rows[1][:, None] * cols[1][None, :])[None, :, :, None].astype(np.uint32)
+    small = sums.astype(np.uint8)
+    return small[:, rows[2]][:, :, cols[2]]
 
 
 @register_corruption("saturate")

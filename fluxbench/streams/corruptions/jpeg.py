@@ -1,7 +1,11 @@
-"""JPEG compression in torch: baseline JPEG (libjpeg's quality tables, 4:2:0) without a codec.
+"""JPEG compression: libjpeg itself on CPU, baseline JPEG in torch (libjpeg's quality tables, 4:2:0) elsewhere.
 
-The generators round-trip each image through Pillow (``save(..., "JPEG", quality=q)``).
-Here the lossy steps of that codec run batched on tensors: JFIF RGB->YCbCr, chroma
+The generators round-trip each image through Pillow (``save(..., "JPEG", quality=q)``). On CPU the
+images go through the same libjpeg round trip by torchvision's ``encode_jpeg`` / ``decode_jpeg``
+(Pillow's defaults: 4:2:0, baseline tables, integer DCT, fancy upsampling), pixel for pixel
+Pillow's output and several times faster than the tensor path below, with less per-image
+overhead than Pillow's own objects; uint8 datasets skip the float round trip too (``jpeg_pixels``).
+On other devices the lossy steps of that codec run batched on tensors: JFIF RGB->YCbCr, chroma
 averaged over 2x2, level shift, 8x8 DCT-II, quantisation with the Annex K tables scaled
 by libjpeg's ``jpeg_quality_scaling`` (baseline: clamped to 255), then the inverse path
 with libjpeg's "fancy" (triangle) chroma upsampling in its integer arithmetic. Entropy coding is lossless, so it is
@@ -12,15 +16,18 @@ Pillow). One-channel images are coded as grayscale JPEG (luma only).
 
 from __future__ import annotations
 
+import io
 import math
+import warnings
 from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from fluxbench.streams.corruptions.params import severity_params
-from fluxbench.streams.corruptions.registry import register_corruption
+from fluxbench.streams.corruptions.registry import register_corruption, register_pixel_path
 
 LUMA_TABLE = np.array([
     16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
@@ -104,6 +111,44 @@ def jpeg_roundtrip(x: torch.Tensor, quality: int) -> torch.Tensor:
     return (rgb[..., :h, :w] / 255).clamp_(0, 1)
 
 
+def codec_pixels(pixels: torch.Tensor, quality: int) -> torch.Tensor:
+    """Round-trip uint8 ``(B, H, W, C)`` images through libjpeg at ``quality`` exactly as Pillow's save and load do.
+
+    torchvision's codec (the same libjpeg-turbo defaults) takes channels-last bytes without a copy and skips
+    Pillow's per-image objects; where it is missing, Pillow itself.
+    """
+    try:
+        with warnings.catch_warnings():  # torchvision 0.29 points to torchcodec; the pinned version still has it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+            coded = encode_jpeg([image.permute(2, 0, 1) for image in pixels], quality=int(quality))
+            mode = ImageReadMode.GRAY if pixels.shape[-1] == 1 else ImageReadMode.RGB
+            return torch.stack([image.permute(1, 2, 0) for image in decode_jpeg(coded, mode=mode)])
+    except (ImportError, RuntimeError):
+        return torch.from_numpy(np.stack([_pillow_roundtrip(image, quality) for image in pixels.numpy()]))
+
+
+def _pillow_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, "JPEG", quality=int(quality))
+    return np.asarray(Image.open(buffer)).reshape(image.shape)
+
+
+def codec_roundtrip(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """Encode and decode CPU ``(B, C, H, W)`` images in [0, 1] with libjpeg at ``quality``, as Pillow does."""
+    b, c, h, w = x.shape
+    pix = torch.empty((b, h, w, c), dtype=torch.uint8)  # channels-last bytes: what libjpeg reads
+    pix.copy_(torch.round(x.permute(0, 2, 3, 1) * 255).clamp_(0, 255))
+    return codec_pixels(pix, quality).permute(0, 3, 1, 2).float().div_(255).contiguous()
+
+
+@register_pixel_path("jpeg_compression")
+def jpeg_pixels(pixels: np.ndarray, severity: int, params: str) -> np.ndarray:
+    return codec_pixels(torch.from_numpy(pixels), severity_params("jpeg_compression", severity, params)).numpy()
+
+
 @register_corruption("jpeg_compression")
 def jpeg_compression(x: torch.Tensor, severity: int, generator: torch.Generator, params: str) -> torch.Tensor:
-    return jpeg_roundtrip(x, severity_params("jpeg_compression", severity, params))
+    quality = severity_params("jpeg_compression", severity, params)
+    return codec_roundtrip(x, quality) if x.device.type == "cpu" else jpeg_roundtrip(x, quality)

@@ -8,6 +8,14 @@ A corruption is registered with ``@register_corruption("name")`` and is called a
 ``severity`` is 1..5; ``params`` names the parameter table (``"imagenet"`` or
 ``"cifar"``, see :mod:`.params`). The result has the shape of ``x`` and lies in [0, 1].
 All randomness comes from ``generator``, so a seed fixes the output (per device type).
+
+A deterministic corruption may also register a *pixel path* with ``@register_pixel_path("name")``::
+
+    fn(pixels: np.ndarray, severity: int, params: str) -> np.ndarray
+
+uint8 ``(B, H, W, C)`` in and out, on CPU, giving exactly the bytes of ``to_uint8(fn(to_float(pixels)))``
+without the float round trip (which costs more than JPEG or pixelate themselves).
+:func:`~fluxbench.streams.corruptions.apply.corrupt_pixels` uses it.
 """
 
 from __future__ import annotations
@@ -15,9 +23,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 Corruption = Callable[[torch.Tensor, int, torch.Generator, str], torch.Tensor]
+PixelPath = Callable[[np.ndarray, int, str], np.ndarray]
 
 # The standard order of ImageNet-C, CIFAR-10-C and imagecorruptions.get_corruption_names()
 CORRUPTIONS: tuple[str, ...] = (
@@ -32,6 +42,7 @@ CORRUPTIONS: tuple[str, ...] = (
 HELD_OUT_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 
 _CORRUPTIONS: dict[str, Corruption] = {}
+_PIXEL_PATHS: dict[str, PixelPath] = {}
 
 
 def register_corruption(name: str) -> Callable[[Corruption], Corruption]:
@@ -42,6 +53,19 @@ def register_corruption(name: str) -> Callable[[Corruption], Corruption]:
         return fn
 
     return wrap
+
+
+def register_pixel_path(name: str) -> Callable[[PixelPath], PixelPath]:
+    def wrap(fn: PixelPath) -> PixelPath:
+        _PIXEL_PATHS[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_pixel_path(name: str) -> PixelPath | None:
+    """The uint8 CPU path of ``name``, or None (then the float path is used)."""
+    return _PIXEL_PATHS.get(name)
 
 
 def list_corruptions(pattern: str = "*") -> list[str]:

@@ -12,8 +12,9 @@ The OpenCV steps are re-stated in torch, batched, with OpenCV's border rules (So
 the box and emboss filters on reflect-101) and uint8 roundings. Differences:
 
 - Canny: the same 3x3 Sobel, L1 magnitude, fixed-point direction sectors (tan 22.5 degrees in Q15),
-  non-maximum comparisons and 8-connected hysteresis; the edge map should be OpenCV's, but it is
-  checked here only against a NumPy re-statement, not against OpenCV itself.
+  non-maximum comparisons and 8-connected hysteresis (on CPU by scipy's connected-component labelling);
+  the edge map should be OpenCV's, but it is checked here only against a NumPy re-statement, not against
+  OpenCV itself.
 - the distance transform is OpenCV's 5x5 chamfer metric (steps 1, 1.4 and 2.1969) computed by
   repeated relaxation instead of two raster scans (the same distances, without OpenCV's fixed-point
   rounding), truncated at 20 as the original then does.
@@ -25,8 +26,10 @@ the box and emboss filters on reflect-101) and uint8 roundings. Differences:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from fluxbench.streams.corruptions.ops import gaussian_filter, pad2d, to_gray
 from fluxbench.streams.corruptions.params import severity_params
@@ -38,6 +41,8 @@ _TG22 = int(0.4142135623730950488 * (1 << 15) + 0.5)  # OpenCV Canny's tan(22.5 
 _CHAMFER = [(1.0, ((0, 1), (0, -1), (1, 0), (-1, 0))),
             (1.4, ((1, 1), (1, -1), (-1, 1), (-1, -1))),
             (2.1969, ((1, 2), (1, -2), (-1, 2), (-1, -2), (2, 1), (2, -1), (-2, 1), (-2, -1)))]
+_EIGHT_CONNECTED = np.zeros((3, 3, 3, 3), dtype=bool)  # 8 neighbours within an image of (B, 1, H, W), never across
+_EIGHT_CONNECTED[1, 1] = True
 _EMBOSS = ((-2.0, -1.0, 0.0), (-1.0, 1.0, 1.0), (0.0, 1.0, 2.0))
 
 
@@ -60,6 +65,12 @@ def correlate3(x: torch.Tensor, kernel: tuple[tuple[float, ...], ...], border: s
 
 def canny(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """OpenCV's ``Canny(image, low, high)`` (aperture 3, L1 gradient) on integer-valued ``(B, 1, H, W)``: edges."""
+    candidate, strong = canny_peaks(image, low, high)
+    return hysteresis(candidate, strong)
+
+
+def canny_peaks(image: torch.Tensor, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canny's non-maximum suppression: the candidate edge pixels (above ``low``) and the strong ones."""
     dx = correlate3(image, ((-1, 0, 1), (-2, 0, 2), (-1, 0, 1)), "nearest")
     dy = correlate3(image, ((-1, -2, -1), (0, 0, 0), (1, 2, 1)), "nearest")
     mag = dx.abs() + dy.abs()
@@ -78,8 +89,23 @@ def canny(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
     diagonal = torch.where(same_sign, (mag > at(-1, -1)) & (mag > at(1, 1)), (mag > at(-1, 1)) & (mag > at(1, -1)))
     peak = torch.where(ay < tg22, horizontal, torch.where(ay > tg67, vertical, diagonal))
     candidate = peak & (mag > low)
-    edges = candidate & (mag > high)
-    while True:  # hysteresis: grow the strong edges through 8-connected candidates
+    return candidate, candidate & (mag > high)
+
+
+def hysteresis(candidate: torch.Tensor, strong: torch.Tensor) -> torch.Tensor:
+    """The candidates 8-connected to a strong pixel, per image of ``(B, 1, H, W)`` masks.
+
+    On CPU by scipy's connected-component labelling (one pass); elsewhere by growing the strong pixels through
+    the candidates until nothing changes. Both are that set exactly.
+    """
+    if candidate.device.type == "cpu":
+        labels, count = ndimage.label(candidate.numpy(), structure=_EIGHT_CONNECTED)
+        reached = np.zeros(count + 1, dtype=bool)
+        reached[labels[strong.numpy()]] = True
+        reached[0] = False
+        return torch.from_numpy(reached[labels])
+    edges = strong
+    while True:
         grown = edges
         for _ in range(4):
             grown = candidate & dilate3(grown)
@@ -100,15 +126,25 @@ def chamfer_distance(zero: torch.Tensor, limit: float) -> torch.Tensor:
 
     Every other pixel starts at ``limit`` (as if a zero pixel lay that far away), so the relaxation gives
     ``min(distance, limit)`` and stops as soon as nothing changes: a few rounds where edges are dense.
+    Each round takes the minimum over the 16 neighbours of the 5x5 mask, shared between offsets (row pairs
+    first, then columns) and adding each step once per group: float addition is monotone, so
+    ``min(a, b) + s == min(a + s, b + s)`` and the distances are those of one add per neighbour.
     """
     h, w = zero.shape[-2:]
     dist = torch.where(zero, 0.0, float(limit)).to(torch.float32)
     for _ in range(int(limit) + 1):
-        padded = F.pad(dist, (2, 2, 2, 2), value=float(limit))  # outside the image is not a zero pixel
-        best = dist.clone()
-        for step, offsets in _CHAMFER:
-            for oy, ox in offsets:
-                torch.minimum(best, _shifted(padded, oy, ox, h, w, pad=2) + step, out=best)
+        p = F.pad(dist, (2, 2, 2, 2), value=float(limit))  # outside the image is not a zero pixel
+        centre_rows = p[..., 2:2 + h, :]
+        axial = torch.minimum(centre_rows[..., 1:1 + w], centre_rows[..., 3:3 + w])  # (0, -1), (0, 1)
+        rows1 = torch.minimum(p[..., 1:1 + h, :], p[..., 3:3 + h, :])  # dy = -1 or 1, every column
+        torch.minimum(axial, rows1[..., 2:2 + w], out=axial)  # (-1, 0), (1, 0)
+        diagonal = torch.minimum(rows1[..., 1:1 + w], rows1[..., 3:3 + w])  # (+-1, +-1)
+        knight = torch.minimum(rows1[..., 0:w], rows1[..., 4:4 + w])  # (+-1, +-2)
+        rows2 = torch.minimum(p[..., 0:h, :], p[..., 4:4 + h, :])  # dy = -2 or 2
+        torch.minimum(knight, torch.minimum(rows2[..., 1:1 + w], rows2[..., 3:3 + w]), out=knight)  # (+-2, +-1)
+        best = torch.minimum(dist, axial.add_(_CHAMFER[0][0]))
+        torch.minimum(best, diagonal.add_(_CHAMFER[1][0]), out=best)
+        torch.minimum(best, knight.add_(_CHAMFER[2][0]), out=best)
         if torch.equal(best, dist):
             break
         dist = best
