@@ -66,7 +66,7 @@ def connect(address: str, num_cpus: int | None = None) -> None:
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False,
                               "runtime_env": {"env_vars": forwarded_env()}}
     if address == "local":
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
         return
     try:
         probe(_resolve(address))
