@@ -118,11 +118,13 @@ def run_command(args: list[str]) -> dict[str, Any] | None:
     def _main(cfg: DictConfig) -> None:
         from fluxbench.methods.registry import validate_hyperparameters
         from fluxbench.protocols import get_protocol
+        from fluxbench.protocols.ray_pool import check_launcher
         from fluxbench.tracking import Tracker
 
         try:
             resolved = OmegaConf.to_container(cfg, resolve=True)
             validate_hyperparameters(resolved["method"])  # before touching the store
+            check_launcher(resolved)  # a Ray cluster that does not answer: one line, nothing written
             tracker = Tracker(resolved["tracking"]["uri"], resolved["tracking"]["experiment"])
             outcome.update(cfg=resolved, result=get_protocol(resolved["protocol"]["name"])(resolved, tracker))
         except FluxbenchError as err:

@@ -70,6 +70,18 @@ class ConventionalSchema:
 
 
 @dataclass
+class RaySchema:
+    """``protocol.launcher=ray``: where the Ray cluster is and what one trial (or phase-2 seed) task declares."""
+
+    address: str = "auto"  # auto (the cluster this machine is part of) | local (start one here) | host:port
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    workers: int | None = None  # trials in flight at once; null: as many as the cluster's resources fit
+    max_retries: int = 3  # a task whose worker died is run again (Ray's own retry), this many times at most
+    heartbeat_s: int = 5  # Optuna heartbeat; a trial silent for 4 beats is failed and retried
+
+
+@dataclass
 class TwoPhaseSchema:
     name: str = "two_phase"
     n_trials: int = 4
@@ -79,6 +91,8 @@ class TwoPhaseSchema:
     sampler: str = "random"
     sampler_seed: int = 0
     n_jobs: int = 1
+    launcher: str = "local"  # local (protocol.n_jobs processes on this machine) | ray
+    ray: RaySchema = field(default_factory=RaySchema)
     study_storage: str | None = None
     # test-time methods only (protocol=two_phase_tta sets them): the online loop's settings, as online_tta's
     batch_size: int | None = None

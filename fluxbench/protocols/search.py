@@ -16,6 +16,11 @@ claims on one machine. A trial left RUNNING by a killed process (its process is 
 marked FAIL with ``interrupted`` and its values are enqueued again, so it re-runs and is
 neither counted nor duplicated. Trials that fail for a real reason (a diverging loss) count
 toward the budget.
+
+Workers on other machines (``protocol.launcher=ray``) cannot be checked by process id, so there the study's
+storage beats (Optuna's heartbeat): a trial whose worker stops beating is failed by Optuna and enqueued again by
+its ``RetryFailedTrialCallback``; workers wait for running trials before they stop, so a retry is never left
+behind.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ import itertools
 import math
 import os
 import socket
+import threading
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -37,6 +45,7 @@ from fluxbench.tracking.locks import file_lock
 
 SAMPLERS = ("grid", "random", "tpe")
 HOST = socket.gethostname()
+GRACE_BEATS = 4  # a trial is stale after this many missed heartbeats
 
 
 def _distribution(name: str, entry: Any):
@@ -183,16 +192,23 @@ class SearchStudy:
     """One Optuna study shared by every process of one ``two_phase`` call (and by its resumption)."""
 
     def __init__(self, url: str, name: str, dists: Mapping[str, Any], sampler: str, seed: int, budget: int,
-                 lock_path: Path, worker: int = 0, direction: str = "maximize") -> None:
+                 lock_path: Path, worker: int = 0, direction: str = "maximize", heartbeat_s: int | None = None
+                 ) -> None:
         import optuna
-        from optuna.storages import RDBStorage
+        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.dists, self.sampler_name, self.budget, self.lock_path = dict(dists), sampler, budget, lock_path
         self.direction = direction  # "minimize" for errors (TTA's mean_error)
+        self.heartbeat_s = heartbeat_s
         with file_lock(lock_path):  # concurrent calls (a multirun over methods) share one database: create it once
             kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-            self.storage = storage = RDBStorage(url, engine_kwargs=kwargs)
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.8
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                beat = {} if heartbeat_s is None else {
+                    "heartbeat_interval": int(heartbeat_s), "grace_period": GRACE_BEATS * int(heartbeat_s),
+                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback()}
+                self.storage = storage = RDBStorage(url, engine_kwargs=kwargs, **beat)
             self.study = optuna.create_study(storage=storage, study_name=name, direction=direction,
                                              sampler=optuna.samplers.RandomSampler(seed=seed), load_if_exists=True)
         self._study_id = storage.get_study_id_from_name(name)
@@ -236,27 +252,65 @@ class SearchStudy:
 
     # -- workers -------------------------------------------------------------------------
     def counted(self, trials: list[Any]) -> int:
-        """Trials that used up budget: finished, or failed for a reason other than an interruption."""
+        """Trials that used up budget: finished, or failed for a reason other than an interruption (a trial
+        failed for a lost heartbeat is interrupted too: its retry names it ``failed_trial``)."""
         from optuna.trial import TrialState
 
-        return sum(t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "interrupted" not in t.user_attrs)
-                   for t in trials)
+        retried = {t.system_attrs.get("failed_trial") for t in trials}
+        return sum(t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "interrupted" not in t.user_attrs
+                                                      and t.number not in retried) for t in trials)
 
     def claim(self) -> Any | None:
-        """The next trial to run (with this process recorded as its owner), or ``None`` when the budget is spent."""
+        """The next trial to run (with this process recorded as its owner), or ``None`` when the budget is spent.
+        With a heartbeat, a worker waits while trials still run elsewhere: one whose worker died comes back."""
+        while True:
+            with file_lock(self.lock_path):
+                trial, running = self._claim_once()
+            if trial is not None or not (running and self.heartbeat_s):
+                return trial
+            time.sleep(min(1.0, self.heartbeat_s / 2))
+
+    def _claim_once(self) -> tuple[Any | None, int]:
+        import optuna
         from optuna.trial import TrialState
 
-        with file_lock(self.lock_path):
-            trials = self.study.get_trials(deepcopy=False)
-            waiting = any(t.state == TrialState.WAITING for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            if not waiting and (self.sampler_name != "tpe" or self.counted(trials) + running >= self.budget):
-                return None
+        if self.heartbeat_s:
+            optuna.storages.fail_stale_trials(self.study)  # runs the retry callback for each stale trial
+        trials = self.study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        if not waiting and (self.sampler_name != "tpe" or self.counted(trials) + running >= self.budget):
+            return None, running
+        with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for Study.optimize; ask/tell beats
+            warnings.simplefilter("ignore", UserWarning)
             trial = self.study.ask(self.dists)
-            trial.set_user_attr("host", HOST)
-            trial.set_user_attr("process", _process_token(os.getpid()))
-            trial.set_user_attr("origin", trial.user_attrs.get("origin", trial.number))
-        return trial
+        if self.heartbeat_s:
+            self.storage.record_heartbeat(trial._trial_id)  # noqa: SLF001  (beat at once: never a silent RUNNING)
+        trial.set_user_attr("host", HOST)
+        trial.set_user_attr("process", _process_token(os.getpid()))
+        trial.set_user_attr("origin", trial.user_attrs.get("origin", trial.number))
+        return trial, running
+
+    @contextmanager
+    def beating(self, trial: Any) -> Iterator[None]:
+        """Record the trial's heartbeat every ``heartbeat_s`` while it runs (nothing without a heartbeat)."""
+        if not self.heartbeat_s:
+            yield
+            return
+        stop = threading.Event()
+        trial_id = trial._trial_id  # noqa: SLF001  (the storage's key; Optuna's own heartbeat uses it too)
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_s):
+                self.storage.record_heartbeat(trial_id)
+
+        thread = threading.Thread(target=beat, name="fluxbench-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def complete(self, trial: Any, value: float, attrs: Mapping[str, Any]) -> None:
         for key, val in attrs.items():

@@ -46,6 +46,7 @@ from fluxbench.protocols.execution import SupervisedLoop, data_split_tags
 from fluxbench.protocols.parent import ParentResult, ProtocolCall, run_protocol, seeds_of
 from fluxbench.protocols.preflight import preflight
 from fluxbench.protocols.progress import Progress
+from fluxbench.protocols.ray_pool import RayPool, make_pool
 from fluxbench.protocols.search import SearchStudy, plan, search_distributions, storage_url
 from fluxbench.protocols.seeds import run_seed
 from fluxbench.protocols.setup import load_split
@@ -55,8 +56,9 @@ from fluxbench.tracking import RunHandle, SeedRecord, Tracker, config_hash
 from fluxbench.tracking import layout as L
 
 SELECTION_METRICS = ("last_accuracy", "avg_incremental_accuracy")
-_NOT_IN_KEY = ("n_jobs", "study_storage")  # how a call runs, not what it computes
+_NOT_IN_KEY = ("n_jobs", "study_storage", "launcher", "ray")  # how a call runs, not what it computes
 Loop = SupervisedLoop | tta.TestTimeLoop
+Pool = WorkerPool | RayPool
 
 
 def lower_is_better(cfg: Mapping[str, Any]) -> bool:
@@ -146,8 +148,10 @@ def open_study(cfg: Mapping[str, Any], key: str, worker: int = 0) -> tuple[Searc
     url = storage_url(cfg["tracking"]["uri"], protocol.get("study_storage"))
     lock = (Path(url[len("sqlite:///"):] + ".lock") if url.startswith("sqlite:///")
             else Path(cfg["tracking"]["checkpoint_dir"]) / "two_phase.lock")
+    beat = int(protocol["ray"]["heartbeat_s"]) if protocol.get("launcher") == "ray" else None  # workers elsewhere
     study = SearchStudy(url, f"fluxbench-two_phase-{cfg['method']['name']}-{key}", dists, protocol["sampler"], seed,
-                        budget, lock, worker, direction="minimize" if lower_is_better(cfg) else "maximize")
+                        budget, lock, worker, direction="minimize" if lower_is_better(cfg) else "maximize",
+                        heartbeat_s=beat)
     return study, points
 
 
@@ -196,18 +200,22 @@ def tune(cfg: Mapping[str, Any], key: str, parent_id: str, tracker: Tracker, loo
     study, _ = open_study(cfg, key, worker)
     parent_pid = os.getppid()
     while os.getppid() == parent_pid and (trial := study.claim()) is not None:  # stop when orphaned
-        run_trial(cfg, study, trial, loop, tracker, parent_id, progress)
+        with study.beating(trial):
+            run_trial(cfg, study, trial, loop, tracker, parent_id, progress)
 
 
 _WORKER: dict[str, Any] = {}
 
 
 def _worker_inputs(cfg: Mapping[str, Any], role: str) -> tuple[Tracker, Loop]:
-    """A worker process keeps its tracker and data between tasks."""
-    if "tracker" not in _WORKER:
-        _WORKER["tracker"] = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
-    if role not in _WORKER:
-        _WORKER[role] = build_loop(cfg, role)
+    """A worker process keeps its tracker and data between tasks of one call (a Ray worker outlives the call and
+    may serve another one: the cache is keyed by the store and the config)."""
+    store = (cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
+    if _WORKER.get("store") != store:
+        _WORKER.update(store=store, tracker=Tracker(*store))
+    key = config_hash(cfg, role)
+    if _WORKER.get(f"{role}.key") != key:
+        _WORKER.update({f"{role}.key": key, role: build_loop(cfg, role)})
     return _WORKER["tracker"], _WORKER[role]
 
 
@@ -222,7 +230,7 @@ def _evaluation_seed(cfg: dict[str, Any], parent_id: str, seed: int) -> SeedReco
 
 
 def run_phase1(cfg: Mapping[str, Any], key: str, parent: RunHandle, tracker: Tracker, loop: Loop,
-               pool: WorkerPool | None) -> SearchStudy:
+               pool: Pool | None) -> SearchStudy:
     study, points = open_study(cfg, key)
     if study.budget < int(cfg["protocol"]["n_trials"]):
         print(f"protocol.n_trials={cfg['protocol']['n_trials']} capped at the {study.budget} distinct "
@@ -235,7 +243,8 @@ def run_phase1(cfg: Mapping[str, Any], key: str, parent: RunHandle, tracker: Tra
         with Progress(total, "phase 1 (tuning)", enabled=cfg.get("progress", True)) as bar:
             tune(cfg, key, parent.run_id, tracker, loop, bar.update)
     else:
-        jobs = [pool.submit(_tuning_worker, dict(cfg), key, parent.run_id, w) for w in range(pool.n_jobs)]
+        workers = min(pool.n_jobs, study.budget)  # more would find nothing to claim
+        jobs = [pool.submit(_tuning_worker, dict(cfg), key, parent.run_id, w) for w in range(workers)]
         for job in jobs:
             job.result()
     study.wait_for_running()
@@ -254,7 +263,7 @@ def evaluate_seed(cfg: Mapping[str, Any], loop: Loop, seed: int, tracker: Tracke
 
 
 def run_phase2(cfg: Mapping[str, Any], parent: RunHandle, tracker: Tracker, loop: Loop,
-               pool: WorkerPool | None) -> list[SeedRecord | str]:
+               pool: Pool | None) -> list[SeedRecord | str]:
     seeds = seeds_of(cfg)
     ecfg = seed_config(cfg, {}, L.PHASE_EVALUATION)
     if pool is not None:
@@ -331,7 +340,7 @@ def run(cfg: Mapping[str, Any], tracker: Tracker) -> dict[str, Any]:
     }, rank_metric=cfg["protocol"]["selection_metric"], rank_order="min" if lower_is_better(cfg) else "max")
 
     def body(parent: RunHandle) -> ParentResult:
-        pool = WorkerPool(int(cfg["protocol"]["n_jobs"])) if int(cfg["protocol"]["n_jobs"]) > 1 else None
+        pool = make_pool(cfg["protocol"])
         try:
             study = run_phase1(cfg, key, parent, tracker, tuning, pool)
             best = select(study)
