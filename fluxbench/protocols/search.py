@@ -11,11 +11,11 @@ sampler from ``protocol.sampler``:
 - ``tpe``: Optuna's ``TPESampler``, seeded per worker so parallel workers do not propose alike.
 
 Grid and random configurations are enqueued once, when the study is created, so any
-number of processes (or a resumed call) pop each one exactly once; a file lock serialises
-claims on one machine. A trial left RUNNING by a killed process (its process is gone) is
-marked FAIL with ``interrupted`` and its values are enqueued again, so it re-runs and is
-neither counted nor duplicated. Trials that fail for a real reason (a diverging loss) count
-toward the budget.
+number of processes (or a resumed call) pop each one exactly once; a lock serialises
+claims (a file lock on one machine, an advisory lock on a PostgreSQL study, shared by every
+machine). A trial left RUNNING by a killed process (its process is gone) is marked FAIL with
+``interrupted`` and its values are enqueued again, so it re-runs and is neither counted nor
+duplicated. Trials that fail for a real reason (a diverging loss) count toward the budget.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from fluxbench.errors import ConfigError
-from fluxbench.tracking.locks import file_lock
+from fluxbench.tracking import stores
 
 SAMPLERS = ("grid", "random", "tpe")
 HOST = socket.gethostname()
@@ -152,9 +152,25 @@ def storage_url(tracking_uri: str, explicit: str | None = None) -> str:
     parsed = urlparse(tracking_uri)
     if parsed.scheme in ("", "file"):
         return f"sqlite:///{Path(parsed.path or tracking_uri).resolve().parent / 'optuna.db'}"
-    raise ConfigError(f"tracking.uri={tracking_uri} is not a local store, so fluxbench cannot put the Optuna study "
-                      "beside it; set protocol.study_storage to a database URL every worker reaches "
+    raise ConfigError(f"tracking.uri={stores.redact(tracking_uri)} is not a local store, so fluxbench cannot put the "
+                      "Optuna study beside it; set protocol.study_storage to a database URL every worker reaches "
                       "(e.g. postgresql://user@host/optuna)")
+
+
+def check_study_storage(cfg: Mapping[str, Any]) -> None:
+    """A protocol with a study: its database is named (or implied) and, on a server, answers; one line if not."""
+    protocol = cfg.get("protocol") or {}
+    if "study_storage" in protocol:
+        stores.check_reachable(storage_url(cfg["tracking"]["uri"], protocol.get("study_storage")),
+                               "protocol.study_storage")
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 120}}
+    if stores.scheme(url) == "postgresql":  # a restarted server: reconnect instead of failing on a dead connection
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": stores.CONNECT_TIMEOUT_S}}
+    return {}
 
 
 def _process_token(pid: int) -> str:
@@ -190,9 +206,9 @@ class SearchStudy:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.dists, self.sampler_name, self.budget, self.lock_path = dict(dists), sampler, budget, lock_path
         self.direction = direction  # "minimize" for errors (TTA's mean_error)
-        with file_lock(lock_path):  # concurrent calls (a multirun over methods) share one database: create it once
-            kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-            self.storage = storage = RDBStorage(url, engine_kwargs=kwargs)
+        self.url = url
+        with self._lock():  # concurrent calls (a multirun over methods) share one database: create it once
+            self.storage = storage = RDBStorage(url, engine_kwargs=_engine_kwargs(url))
             self.study = optuna.create_study(storage=storage, study_name=name, direction=direction,
                                              sampler=optuna.samplers.RandomSampler(seed=seed), load_if_exists=True)
         self._study_id = storage.get_study_id_from_name(name)
@@ -200,12 +216,15 @@ class SearchStudy:
             derived = np.random.default_rng([seed, worker, len(self.study.get_trials(deepcopy=False))])
             self.study.sampler = optuna.samplers.TPESampler(seed=int(derived.integers(2**31)))
 
+    def _lock(self):
+        return stores.store_lock(self.url, "optuna study", self.lock_path, key="protocol.study_storage")
+
     # -- setting up (the calling process, before any worker starts) ---------------------------
     def prepare(self, points: list[dict[str, Any]] | None) -> list[int]:
         """Enqueue planned configurations not yet in the study; re-queue trials whose process died."""
         from optuna.trial import TrialState
 
-        with file_lock(self.lock_path):
+        with self._lock():
             trials = self.study.get_trials(deepcopy=False)
             planned = {t.user_attrs.get("plan") for t in trials}
             for index, point in enumerate(points or []):
@@ -231,7 +250,7 @@ class SearchStudy:
 
     def interrupt(self, trial: Any) -> None:
         """A trial stopped by a signal: not counted, and queued to run again when the call resumes."""
-        with file_lock(self.lock_path):
+        with self._lock():
             self._requeue(trial)
 
     # -- workers -------------------------------------------------------------------------
@@ -246,7 +265,7 @@ class SearchStudy:
         """The next trial to run (with this process recorded as its owner), or ``None`` when the budget is spent."""
         from optuna.trial import TrialState
 
-        with file_lock(self.lock_path):
+        with self._lock():
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)

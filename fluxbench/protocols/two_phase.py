@@ -205,7 +205,8 @@ _WORKER: dict[str, Any] = {}
 def _worker_inputs(cfg: Mapping[str, Any], role: str) -> tuple[Tracker, Loop]:
     """A worker process keeps its tracker and data between tasks."""
     if "tracker" not in _WORKER:
-        _WORKER["tracker"] = Tracker(cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
+        tracking = cfg["tracking"]
+        _WORKER["tracker"] = Tracker(tracking["uri"], tracking["experiment"], tracking.get("artifact_location"))
     if role not in _WORKER:
         _WORKER[role] = build_loop(cfg, role)
     return _WORKER["tracker"], _WORKER[role]
