@@ -7,6 +7,7 @@ handed to ``nobody`` and ``initdb`` / ``pg_ctl`` run through ``runuser``. The cl
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import shutil
@@ -74,6 +75,7 @@ class Postgres:
         server._as_owner("initdb", "-D", str(root / "data"), "-U", USER, f"--pwfile={root / 'pw'}",
                          "--auth=scram-sha-256", "-E", "UTF8", "--no-sync")
         server.resume()
+        atexit.register(server.close)  # a session that dies early leaves no server behind
         return server
 
     def _as_owner(self, tool: str, *args: str) -> None:
@@ -118,8 +120,11 @@ class Postgres:
         return name
 
     def close(self) -> None:
+        if not self.root.exists():
+            return
         try:
-            self.stop()
+            if (self.root / "data" / "postmaster.pid").exists():
+                self.stop()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -141,11 +146,12 @@ class MlflowServer:
         port = free_port()
         mlflow = Path(sys.executable).with_name("mlflow")
         cmd = [str(mlflow), "server", "--backend-store-uri", backend, "--artifacts-destination", str(artifacts),
-               "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+               "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         handle = open(log, "w")  # noqa: SIM115  (the server's output, kept for a failing test)
         env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"}
         process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         server = cls(process, port, log)
+        atexit.register(server.close)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -163,7 +169,7 @@ class MlflowServer:
         if self.process.poll() is None:
             os.killpg(self.process.pid, 15)
             try:
-                self.process.wait(30)
+                self.process.wait(5)  # a throw-away server: no need to wait for idle connections
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, 9)
                 self.process.wait()

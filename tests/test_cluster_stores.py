@@ -18,11 +18,13 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from cluster_servers import PASSWORD, MlflowServer, Postgres, free_port, missing_reason
 from conftest import compose_config
 
 from fluxbench.cli import main
+from fluxbench.errors import DataError
 from fluxbench.protocols import two_phase
 from fluxbench.protocols.search import SearchStudy, search_distributions
 from fluxbench.reports.build import build
@@ -36,6 +38,11 @@ TWO_PHASE = ("protocol=two_phase", "method=finetune", "method.epochs=1", "~metho
              "~method.search_space.batch_size", "protocol.n_trials=2", "protocol.tuning_seeds=1",
              "protocol.num_seeds=1", "benchmark.num_experiences=3")
 EXPERIMENT = "cluster"
+MEASURED = ("wall_time_s", "peak_memory_mb")  # how long and how much memory: the machine's, not the result's
+
+
+def results(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith(MEASURED)}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +83,8 @@ def _two_phase(tracking_uri: str, study: str | None, root: Path) -> tuple[dict, 
 def _board(uri: str):
     report = build(uri, EXPERIMENT)
     ids = ["run_id", "start_time", "config_hash", "git_commit"]
-    return report.board.drop(columns=ids), report.two_phase.drop(columns=[c for c in ids if c in report.two_phase])
+    board = report.board.drop(columns=[c for c in report.board if c in ids or c.startswith(MEASURED)])
+    return board, report.two_phase.drop(columns=[c for c in ids if c in report.two_phase])
 
 
 def test_two_phase_in_postgresql_gives_the_sqlite_numbers_and_report(postgres, tmp_path):
@@ -86,7 +94,7 @@ def test_two_phase_in_postgresql_gives_the_sqlite_numbers_and_report(postgres, t
 
     def parent(tracker: Tracker, run_id: str) -> dict:
         run = tracker.client.get_run(run_id)
-        return {"metrics": run.data.metrics, "hash": run.data.tags[HASH_TAG]}
+        return {"metrics": results(run.data.metrics), "hash": run.data.tags[HASH_TAG]}
 
     assert parent(shared_tracker, shared["run_id"]) == parent(local_tracker, local["run_id"])
     seeds = [shared_tracker.client.search_runs([t.experiment_id], f"tags.`{KIND_TAG}` = 'seed'")
@@ -95,7 +103,7 @@ def test_two_phase_in_postgresql_gives_the_sqlite_numbers_and_report(postgres, t
         sorted(r.data.metrics["last_accuracy"] for r in seeds[1])
     assert len(seeds[0]) == 2 + 1  # two trials of one tuning seed, one phase-2 seed
     for got, want in zip(_board(runs), _board(local_tracker.uri)):
-        assert got.to_dict("records") == want.to_dict("records")
+        pd.testing.assert_frame_equal(got, want)  # NaN (a CI over one seed) equals NaN here
     assert not (tmp_path / "shared" / "optuna.db").exists()  # the study is in PostgreSQL, not beside the runs
 
 
@@ -150,20 +158,45 @@ def test_a_fresh_postgresql_database_opened_by_several_processes_at_once(postgre
     assert not list(tmp_path.iterdir())  # no file locks: the server held them
 
 
-def test_postgresql_restarted_mid_run_is_retried_and_no_run_is_lost(postgres, capsys):
+def _down_for(postgres: Postgres, seconds: float) -> None:
+    postgres.stop()
+    threading.Timer(seconds, postgres.resume).start()
+
+
+def test_postgresql_restarted_mid_run_is_retried_and_no_run_is_lost(postgres, tmp_path, capsys):
     tracker = Tracker(postgres.create_database("restart", postgres.mlflow_template()), "restart")
+    study = SearchStudy(postgres.create_database("restart_study"), "s", {}, "random", 0, 1, tmp_path / "unused.lock")
+    study.prepare([{}])
     done = tracker.start("done", "hash-done", "seed")
     tracker.log_metrics(done, {"x": 1.0})
     tracker.end(done)
     going = tracker.start("going", "hash-going", "seed")
-    postgres.stop()
-    threading.Timer(3.0, postgres.resume).start()
+    _down_for(postgres, 3.0)
     tracker.log_metrics(going, {"y": 2.0})  # the server is down: retried until it is back
     tracker.end(going)
-    assert "dropped the connection" in capsys.readouterr().err
+    _down_for(postgres, 3.0)
+    trial = study.claim()  # the study too (its advisory lock and its storage)
+    study.complete(trial, 0.5, {})
+    err = capsys.readouterr().err
+    assert "the MLflow store postgresql://fluxbench:***@" in err and "protocol.study_storage=postgresql://" in err
+    assert err.count("dropped the connection") >= 2
+    assert PASSWORD not in err
     runs = {r.info.run_name: r for r in tracker.client.search_runs([tracker.experiment_id])}
     assert runs["done"].info.status == runs["going"].info.status == "FINISHED"
     assert runs["done"].data.metrics == {"x": 1.0} and runs["going"].data.metrics == {"y": 2.0}
+    assert [t.state.name for t in study.trials()] == ["COMPLETE"]
+
+
+def test_a_store_down_for_longer_than_the_retries_is_one_line(postgres, monkeypatch):
+    tracker = Tracker(postgres.create_database("down", postgres.mlflow_template()), "down")
+    run = tracker.start("run", "hash", "seed")
+    monkeypatch.setenv("FLUXBENCH_STORE_RETRY_S", "2")
+    postgres.stop()
+    try:
+        with pytest.raises(DataError, match=r"^the MLflow store postgresql://fluxbench:\*\*\*@[\d.:]+/down failed"):
+            tracker.log_metrics(run, {"y": 2.0})
+    finally:
+        postgres.resume()
 
 
 # -- bad input --------------------------------------------------------------------------------
@@ -177,10 +210,13 @@ def _bad(postgres: Postgres, case: str) -> tuple[list[str], str, str]:
     if case == "study":
         return ["protocol=two_phase", f"protocol.study_storage={postgres.url('postgres', password='wrong')}"], \
             "protocol.study_storage=", "credentials"
+    if case == "no study":  # runs on a server, the study nowhere: not beside them in a local file either
+        return ["protocol=two_phase", f"tracking.uri=http://127.0.0.1:{dead}"], "protocol.study_storage", \
+            "not a local store"
     return [f"tracking.uri=http://127.0.0.1:{dead}"], f"http://127.0.0.1:{dead}", "mlflow server"
 
 
-@pytest.mark.parametrize("case", ["refused", "password", "study", "server"])
+@pytest.mark.parametrize("case", ["refused", "password", "study", "no study", "server"])
 def test_an_unreachable_store_is_one_line_within_seconds_and_nothing_local(case, postgres, tmp_path, monkeypatch,
                                                                             capsys):
     monkeypatch.chdir(tmp_path)

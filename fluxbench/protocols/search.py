@@ -20,19 +20,20 @@ duplicated. Trials that fail for a real reason (a diverging loss) count toward t
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 
-from fluxbench.errors import ConfigError
+from fluxbench.errors import ConfigError, DataError
 from fluxbench.tracking import stores
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -195,31 +196,57 @@ def _alive(token: str) -> bool:
     return ":" not in token or _process_token(pid) == token
 
 
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A study-storage failure is one line naming the storage; a PostgreSQL restart is waited out first."""
+
+    @functools.wraps(method)
+    def call(self: SearchStudy, *args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        where = f"the Optuna study storage {stores.redact(self.url)}"
+        try:
+            return stores.retry_disconnects(self.url, f"{where} ({method.__name__})",
+                                            lambda: method(self, *args, **kwargs))
+        except SQLAlchemyError as err:
+            cause = getattr(err, "orig", None) or err
+            reason = next((line for line in str(cause).splitlines() if line.strip()), type(err).__name__)
+            raise DataError(f"{where} failed ({method.__name__}): {reason[:200]}") from err
+
+    return call
+
+
 class SearchStudy:
     """One Optuna study shared by every process of one ``two_phase`` call (and by its resumption)."""
 
     def __init__(self, url: str, name: str, dists: Mapping[str, Any], sampler: str, seed: int, budget: int,
                  lock_path: Path, worker: int = 0, direction: str = "maximize") -> None:
         import optuna
-        from optuna.storages import RDBStorage
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.dists, self.sampler_name, self.budget, self.lock_path = dict(dists), sampler, budget, lock_path
         self.direction = direction  # "minimize" for errors (TTA's mean_error)
         self.url = url
+        self._open(name, seed)
+        if sampler == "tpe":  # a seed per worker and per resumption: parallel or resumed workers propose anew
+            derived = np.random.default_rng([seed, worker, len(self.trials())])
+            self.study.sampler = optuna.samplers.TPESampler(seed=int(derived.integers(2**31)))
+
+    @_guarded
+    def _open(self, name: str, seed: int) -> None:
+        import optuna
+        from optuna.storages import RDBStorage
+
         with self._lock():  # concurrent calls (a multirun over methods) share one database: create it once
-            self.storage = storage = RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-            self.study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+            self.storage = storage = RDBStorage(self.url, engine_kwargs=_engine_kwargs(self.url))
+            self.study = optuna.create_study(storage=storage, study_name=name, direction=self.direction,
                                              sampler=optuna.samplers.RandomSampler(seed=seed), load_if_exists=True)
         self._study_id = storage.get_study_id_from_name(name)
-        if sampler == "tpe":  # a seed per worker and per resumption: parallel or resumed workers propose anew
-            derived = np.random.default_rng([seed, worker, len(self.study.get_trials(deepcopy=False))])
-            self.study.sampler = optuna.samplers.TPESampler(seed=int(derived.integers(2**31)))
 
     def _lock(self):
         return stores.store_lock(self.url, "optuna study", self.lock_path, key="protocol.study_storage")
 
     # -- setting up (the calling process, before any worker starts) ---------------------------
+    @_guarded
     def prepare(self, points: list[dict[str, Any]] | None) -> list[int]:
         """Enqueue planned configurations not yet in the study; re-queue trials whose process died."""
         from optuna.trial import TrialState
@@ -248,6 +275,7 @@ class SearchStudy:
         origin = trial.user_attrs.get("origin", trial.number)
         self.study.enqueue_trial(dict(trial.params), user_attrs={"origin": origin})
 
+    @_guarded
     def interrupt(self, trial: Any) -> None:
         """A trial stopped by a signal: not counted, and queued to run again when the call resumes."""
         with self._lock():
@@ -261,6 +289,7 @@ class SearchStudy:
         return sum(t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "interrupted" not in t.user_attrs)
                    for t in trials)
 
+    @_guarded
     def claim(self) -> Any | None:
         """The next trial to run (with this process recorded as its owner), or ``None`` when the budget is spent."""
         from optuna.trial import TrialState
@@ -277,11 +306,13 @@ class SearchStudy:
             trial.set_user_attr("origin", trial.user_attrs.get("origin", trial.number))
         return trial
 
+    @_guarded
     def complete(self, trial: Any, value: float, attrs: Mapping[str, Any]) -> None:
         for key, val in attrs.items():
             trial.set_user_attr(key, val)
         self.study.tell(trial, value)
 
+    @_guarded
     def fail(self, trial: Any, reason: str, attrs: Mapping[str, Any] | None = None) -> None:
         from optuna.trial import TrialState
 
@@ -290,6 +321,7 @@ class SearchStudy:
         self.study.tell(trial, state=TrialState.FAIL)
 
     # -- after the workers ---------------------------------------------------------------
+    @_guarded
     def trials(self) -> list[Any]:
         return self.study.get_trials(deepcopy=False)
 

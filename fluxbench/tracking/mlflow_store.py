@@ -109,7 +109,6 @@ class _GuardedClient:
 
     def __init__(self, client: Any, uri: str) -> None:
         self._client, self._uri = client, uri
-        self._retry_s = _retry_seconds() if stores.scheme(uri) == "postgresql" else 0.0
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
@@ -118,48 +117,18 @@ class _GuardedClient:
 
         @functools.wraps(attr)
         def call(*args: Any, **kwargs: Any) -> Any:
-            deadline, said = time.monotonic() + self._retry_s, False
-            while True:
-                try:
-                    return attr(*args, **kwargs)
-                except DataError:
+            try:
+                return stores.retry_disconnects(self._uri, f"the MLflow store {stores.redact(self._uri)} ({name})",
+                                                lambda: attr(*args, **kwargs))
+            except DataError:
+                raise
+            except Exception as err:
+                if not _is_store_error(err):
                     raise
-                except Exception as err:
-                    if not _is_store_error(err):
-                        raise
-                    if _is_disconnect(err) and time.monotonic() < deadline:
-                        said = said or self._say_retrying(name, err, deadline)
-                        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-                        continue
-                    raise DataError(f"the MLflow store {stores.redact(self._uri)} failed ({name}): "
-                                    f"{first_line(err)}") from err
+                raise DataError(f"the MLflow store {stores.redact(self._uri)} failed ({name}): {first_line(err)}") \
+                    from err
 
         return call
-
-    def _say_retrying(self, name: str, err: BaseException, deadline: float) -> bool:
-        left = deadline - time.monotonic()
-        print(f"fluxbench: the MLflow store {stores.redact(self._uri)} dropped the connection ({name}: "
-              f"{first_line(err)}); retrying for up to {left:.0f} s", file=sys.stderr, flush=True)
-        return True
-
-
-def _retry_seconds() -> float:
-    """How long a call waits for a PostgreSQL store that dropped its connections (``FLUXBENCH_STORE_RETRY_S``)."""
-    try:
-        return max(0.0, float(os.environ.get("FLUXBENCH_STORE_RETRY_S", "60")))
-    except ValueError:
-        return 60.0
-
-
-def _is_disconnect(err: BaseException) -> bool:
-    """A lost or refused database connection (the server restarting), not a bad statement."""
-    try:
-        from sqlalchemy.exc import DBAPIError, OperationalError
-    except ImportError:
-        return False
-    while err is not None and not isinstance(err, DBAPIError):
-        err = err.__cause__ or err.__context__
-    return isinstance(err, OperationalError) or bool(getattr(err, "connection_invalidated", False))
 
 
 def _open_client(client_class: Any, uri: str) -> Any:

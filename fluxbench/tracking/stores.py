@@ -9,19 +9,23 @@ when a process dies, where a file lock would only cover one machine.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from fluxbench.errors import DataError
 from fluxbench.tracking.locks import file_lock
 
 CONNECT_TIMEOUT_S = 5
+T = TypeVar("T")
 
 
 def scheme(uri: str) -> str:
@@ -61,11 +65,15 @@ def check_reachable(uri: str, key: str) -> None:
         _check_http(uri, key)
 
 
-def _connect(uri: str, key: str):
+def _connect(uri: str, key: str, retry: bool = False):
+    """A libpq connection; with ``retry``, waited for while the server restarts (it answered before)."""
     import psycopg
 
-    try:
+    def connect():
         return psycopg.connect(libpq_url(uri), connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
+
+    try:
+        return retry_disconnects(uri, f"{key}={redact(uri)}", connect) if retry else connect()
     except psycopg.Error as err:
         raise DataError(postgres_problem(uri, key, str(err))) from None
 
@@ -123,7 +131,7 @@ def _lock_key(name: str) -> int:
 @contextmanager
 def advisory_lock(uri: str, name: str, key: str, waiting: str | None = None) -> Iterator[None]:
     """An exclusive session lock on the PostgreSQL server, held by a connection of its own."""
-    conn = _connect(uri, key)
+    conn = _connect(uri, key, retry=True)
     lock = _lock_key(name)
     try:
         (got,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock,)).fetchone()
@@ -150,3 +158,46 @@ def store_lock(uri: str, name: str, path: Path, waiting: str | None = None, key:
     else:
         with file_lock(path, waiting):
             yield
+
+
+def retry_seconds() -> float:
+    """How long a call waits for a PostgreSQL store that dropped its connections (``FLUXBENCH_STORE_RETRY_S``)."""
+    try:
+        return max(0.0, float(os.environ.get("FLUXBENCH_STORE_RETRY_S", "60")))
+    except ValueError:
+        return 60.0
+
+
+def is_disconnect(err: BaseException | None) -> bool:
+    """A lost or refused database connection (the server restarting), not a bad statement."""
+    try:
+        import psycopg
+        from sqlalchemy.exc import DBAPIError, OperationalError
+    except ImportError:
+        return False
+    if isinstance(err, psycopg.OperationalError):  # a libpq connection of our own (an advisory lock)
+        return True
+    seen = 0
+    while err is not None and not isinstance(err, DBAPIError) and seen < 20:
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return isinstance(err, OperationalError) or bool(getattr(err, "connection_invalidated", False))
+
+
+def retry_disconnects(uri: str, label: str, call: Callable[[], T]) -> T:
+    """``call()``, tried again while a PostgreSQL store is unreachable (a restart), saying so once."""
+    deadline = time.monotonic() + (retry_seconds() if scheme(uri) == "postgresql" else 0.0)
+    said = False
+    while True:
+        try:
+            return call()
+        except Exception as err:
+            left = deadline - time.monotonic()
+            if left <= 0 or not is_disconnect(err):
+                raise
+            if not said:
+                cause = getattr(err, "orig", None) or err
+                reason = next((line for line in str(cause).splitlines() if line.strip()), type(err).__name__)
+                print(f"fluxbench: {label} dropped the connection ({reason[:200]}); retrying for up to {left:.0f} s",
+                      file=sys.stderr, flush=True)
+                said = True
+            time.sleep(min(2.0, left))
