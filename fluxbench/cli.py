@@ -92,7 +92,7 @@ def prepare_store(overrides: list[str]) -> None:
     fixed = [o for o in overrides if not o.startswith("-") and "," not in o.partition("=")[2]]
     with initialize_config_module("fluxbench.conf", version_base="1.3"):
         tracking = compose("config", [o for o in fixed if o.startswith("tracking")]).tracking
-    Tracker(tracking.uri, tracking.experiment)
+    Tracker(tracking.uri, tracking.experiment, tracking.artifact_location)
 
 
 def run_command(args: list[str]) -> dict[str, Any] | None:
@@ -119,13 +119,16 @@ def run_command(args: list[str]) -> dict[str, Any] | None:
         from fluxbench.methods.registry import validate_hyperparameters
         from fluxbench.protocols import get_protocol
         from fluxbench.protocols.ray_pool import check_launcher
+        from fluxbench.protocols.search import check_study_storage
         from fluxbench.tracking import Tracker
 
         try:
             resolved = OmegaConf.to_container(cfg, resolve=True)
             validate_hyperparameters(resolved["method"])  # before touching the store
             check_launcher(resolved)  # a Ray cluster that does not answer: one line, nothing written
-            tracker = Tracker(resolved["tracking"]["uri"], resolved["tracking"]["experiment"])
+            check_study_storage(resolved)  # before the tracker creates a local store for a call that cannot run
+            tracking = resolved["tracking"]
+            tracker = Tracker(tracking["uri"], tracking["experiment"], tracking.get("artifact_location"))
             outcome.update(cfg=resolved, result=get_protocol(resolved["protocol"]["name"])(resolved, tracker))
         except FluxbenchError as err:
             fail(str(err))
@@ -163,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # seeds are read back from the store
     # idle OpenMP threads yield instead of spinning: small models on a busy machine otherwise slow down 10x+
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("PGCONNECT_TIMEOUT", "5")  # a PostgreSQL store that does not answer fails in seconds
     for noisy in ("timm", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # it logs a store failure with its traceback before raising it; fluxbench reports it in one line

@@ -61,6 +61,7 @@ class TrackingSchema:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "fluxbench"
     checkpoint_dir: str = ".fluxbench/checkpoints"
+    artifact_location: str | None = None  # where a new experiment keeps its artifacts; None: MLflow's default
 
 
 @dataclass

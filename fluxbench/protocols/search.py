@@ -11,11 +11,11 @@ sampler from ``protocol.sampler``:
 - ``tpe``: Optuna's ``TPESampler``, seeded per worker so parallel workers do not propose alike.
 
 Grid and random configurations are enqueued once, when the study is created, so any
-number of processes (or a resumed call) pop each one exactly once; a file lock serialises
-claims on one machine. A trial left RUNNING by a killed process (its process is gone) is
-marked FAIL with ``interrupted`` and its values are enqueued again, so it re-runs and is
-neither counted nor duplicated. Trials that fail for a real reason (a diverging loss) count
-toward the budget.
+number of processes (or a resumed call) pop each one exactly once; a lock serialises
+claims (a file lock on one machine, an advisory lock on a PostgreSQL study, shared by every
+machine). A trial left RUNNING by a killed process (its process is gone) is marked FAIL with
+``interrupted`` and its values are enqueued again, so it re-runs and is neither counted nor
+duplicated. Trials that fail for a real reason (a diverging loss) count toward the budget.
 
 Workers on other machines (``protocol.launcher=ray``) cannot be checked by process id, so there the study's
 storage beats (Optuna's heartbeat): a trial whose worker stops beating is failed by Optuna and enqueued again by
@@ -25,6 +25,7 @@ behind.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -32,7 +33,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fluxbench.errors import ConfigError
-from fluxbench.tracking.locks import file_lock
+from fluxbench.errors import ConfigError, DataError
+from fluxbench.tracking import stores
 
 SAMPLERS = ("grid", "random", "tpe")
 HOST = socket.gethostname()
@@ -161,9 +162,25 @@ def storage_url(tracking_uri: str, explicit: str | None = None) -> str:
     parsed = urlparse(tracking_uri)
     if parsed.scheme in ("", "file"):
         return f"sqlite:///{Path(parsed.path or tracking_uri).resolve().parent / 'optuna.db'}"
-    raise ConfigError(f"tracking.uri={tracking_uri} is not a local store, so fluxbench cannot put the Optuna study "
-                      "beside it; set protocol.study_storage to a database URL every worker reaches "
+    raise ConfigError(f"tracking.uri={stores.redact(tracking_uri)} is not a local store, so fluxbench cannot put the "
+                      "Optuna study beside it; set protocol.study_storage to a database URL every worker reaches "
                       "(e.g. postgresql://user@host/optuna)")
+
+
+def check_study_storage(cfg: Mapping[str, Any]) -> None:
+    """A protocol with a study: its database is named (or implied) and, on a server, answers; one line if not."""
+    protocol = cfg.get("protocol") or {}
+    if "study_storage" in protocol:
+        stores.check_reachable(storage_url(cfg["tracking"]["uri"], protocol.get("study_storage")),
+                               "protocol.study_storage")
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 120}}
+    if stores.scheme(url) == "postgresql":  # a restarted server: reconnect instead of failing on a dead connection
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": stores.CONNECT_TIMEOUT_S}}
+    return {}
 
 
 def _process_token(pid: int) -> str:
@@ -188,6 +205,25 @@ def _alive(token: str) -> bool:
     return ":" not in token or _process_token(pid) == token
 
 
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A study-storage failure is one line naming the storage; a PostgreSQL restart is waited out first."""
+
+    @functools.wraps(method)
+    def call(self: SearchStudy, *args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        where = f"the Optuna study storage {stores.redact(self.url)}"
+        try:
+            return stores.retry_disconnects(self.url, f"{where} ({method.__name__})",
+                                            lambda: method(self, *args, **kwargs))
+        except SQLAlchemyError as err:
+            cause = getattr(err, "orig", None) or err
+            reason = next((line for line in str(cause).splitlines() if line.strip()), type(err).__name__)
+            raise DataError(f"{where} failed ({method.__name__}): {reason[:200]}") from err
+
+    return call
+
+
 class SearchStudy:
     """One Optuna study shared by every process of one ``two_phase`` call (and by its resumption)."""
 
@@ -195,33 +231,43 @@ class SearchStudy:
                  lock_path: Path, worker: int = 0, direction: str = "maximize", heartbeat_s: int | None = None
                  ) -> None:
         import optuna
-        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.dists, self.sampler_name, self.budget, self.lock_path = dict(dists), sampler, budget, lock_path
         self.direction = direction  # "minimize" for errors (TTA's mean_error)
         self.heartbeat_s = heartbeat_s
-        with file_lock(lock_path):  # concurrent calls (a multirun over methods) share one database: create it once
-            kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.8
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                beat = {} if heartbeat_s is None else {
-                    "heartbeat_interval": int(heartbeat_s), "grace_period": GRACE_BEATS * int(heartbeat_s),
-                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback()}
-                self.storage = storage = RDBStorage(url, engine_kwargs=kwargs, **beat)
-            self.study = optuna.create_study(storage=storage, study_name=name, direction=direction,
-                                             sampler=optuna.samplers.RandomSampler(seed=seed), load_if_exists=True)
-        self._study_id = storage.get_study_id_from_name(name)
+        self.url = url
+        self._open(name, seed)
         if sampler == "tpe":  # a seed per worker and per resumption: parallel or resumed workers propose anew
-            derived = np.random.default_rng([seed, worker, len(self.study.get_trials(deepcopy=False))])
+            derived = np.random.default_rng([seed, worker, len(self.trials())])
             self.study.sampler = optuna.samplers.TPESampler(seed=int(derived.integers(2**31)))
 
+    @_guarded
+    def _open(self, name: str, seed: int) -> None:
+        import optuna
+        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+        with self._lock():  # concurrent calls (a multirun over methods) share one database: create it once
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.8
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                beat = {} if self.heartbeat_s is None else {
+                    "heartbeat_interval": int(self.heartbeat_s), "grace_period": GRACE_BEATS * int(self.heartbeat_s),
+                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback()}
+                self.storage = storage = RDBStorage(self.url, engine_kwargs=_engine_kwargs(self.url), **beat)
+            self.study = optuna.create_study(storage=storage, study_name=name, direction=self.direction,
+                                             sampler=optuna.samplers.RandomSampler(seed=seed), load_if_exists=True)
+        self._study_id = storage.get_study_id_from_name(name)
+
+    def _lock(self):
+        return stores.store_lock(self.url, "optuna study", self.lock_path, key="protocol.study_storage")
+
     # -- setting up (the calling process, before any worker starts) ---------------------------
+    @_guarded
     def prepare(self, points: list[dict[str, Any]] | None) -> list[int]:
         """Enqueue planned configurations not yet in the study; re-queue trials whose process died."""
         from optuna.trial import TrialState
 
-        with file_lock(self.lock_path):
+        with self._lock():
             trials = self.study.get_trials(deepcopy=False)
             planned = {t.user_attrs.get("plan") for t in trials}
             for index, point in enumerate(points or []):
@@ -245,9 +291,10 @@ class SearchStudy:
         origin = trial.user_attrs.get("origin", trial.number)
         self.study.enqueue_trial(dict(trial.params), user_attrs={"origin": origin})
 
+    @_guarded
     def interrupt(self, trial: Any) -> None:
         """A trial stopped by a signal: not counted, and queued to run again when the call resumes."""
-        with file_lock(self.lock_path):
+        with self._lock():
             self._requeue(trial)
 
     # -- workers -------------------------------------------------------------------------
@@ -260,11 +307,12 @@ class SearchStudy:
         return sum(t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "interrupted" not in t.user_attrs
                                                       and t.number not in retried) for t in trials)
 
+    @_guarded
     def claim(self) -> Any | None:
         """The next trial to run (with this process recorded as its owner), or ``None`` when the budget is spent.
         With a heartbeat, a worker waits while trials still run elsewhere: one whose worker died comes back."""
         while True:
-            with file_lock(self.lock_path):
+            with self._lock():
                 trial, running = self._claim_once()
             if trial is not None or not (running and self.heartbeat_s):
                 return trial
@@ -312,11 +360,13 @@ class SearchStudy:
             stop.set()
             thread.join()
 
+    @_guarded
     def complete(self, trial: Any, value: float, attrs: Mapping[str, Any]) -> None:
         for key, val in attrs.items():
             trial.set_user_attr(key, val)
         self.study.tell(trial, value)
 
+    @_guarded
     def fail(self, trial: Any, reason: str, attrs: Mapping[str, Any] | None = None) -> None:
         from optuna.trial import TrialState
 
@@ -325,6 +375,7 @@ class SearchStudy:
         self.study.tell(trial, state=TrialState.FAIL)
 
     # -- after the workers ---------------------------------------------------------------
+    @_guarded
     def trials(self) -> list[Any]:
         return self.study.get_trials(deepcopy=False)
 

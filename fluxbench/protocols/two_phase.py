@@ -210,7 +210,8 @@ _WORKER: dict[str, Any] = {}
 def _worker_inputs(cfg: Mapping[str, Any], role: str) -> tuple[Tracker, Loop]:
     """A worker process keeps its tracker and data between tasks of one call (a Ray worker outlives the call and
     may serve another one: the cache is keyed by the store and the config)."""
-    store = (cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
+    tracking = cfg["tracking"]
+    store = (tracking["uri"], tracking["experiment"], tracking.get("artifact_location"))
     if _WORKER.get("store") != store:
         _WORKER.update(store=store, tracker=Tracker(*store))
     key = config_hash(cfg, role)

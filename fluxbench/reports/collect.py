@@ -16,6 +16,7 @@ import pandas as pd
 from fluxbench.errors import DataError
 from fluxbench.tracking import layout as L
 from fluxbench.tracking.reading import FINISHED, HINT, StoredRun, StoreReader
+from fluxbench.tracking.stores import redact
 
 _PARENT_TAGS = {"method": L.METHOD_TAG, "benchmark": L.BENCHMARK_TAG, "protocol": L.PROTOCOL_TAG,
                 "config_hash": L.HASH_TAG, "git_commit": L.GIT_TAG}
@@ -75,7 +76,7 @@ def collect(uri: str, experiment: str) -> Collected:
     """Finished protocol runs and their finished evaluation seed runs; raises a one-line error when none."""
     reader = StoreReader(uri)
     runs = reader.runs(reader.experiment_id(experiment))
-    where = f"experiment {experiment!r} in {uri}"
+    where = f"experiment {experiment!r} in {redact(uri)}"
     if not runs:
         raise DataError(f"{where} has no runs; {HINT}")
     protocols = [r for r in runs if r.kind == L.KIND_PROTOCOL]
@@ -98,4 +99,4 @@ def collect(uri: str, experiment: str) -> Collected:
     if parents.empty:
         reasons = ", ".join(f"{n} {status}" for status, n in sorted(skipped.items()) if n)
         raise DataError(f"{where} has no finished runs (skipped {reasons}); wait for them or rerun them")
-    return Collected(uri, experiment, parents, seeds, +skipped, +skipped_seeds)
+    return Collected(redact(uri), experiment, parents, seeds, +skipped, +skipped_seeds)  # shown in the report

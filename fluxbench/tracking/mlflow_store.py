@@ -5,10 +5,12 @@ finished configuration is found and skipped, and an unfinished one is found and 
 flattened resolved config; metrics are logged per experience with ``step``; artifacts are CSV/YAML/JSON
 files. Names live in :mod:`fluxbench.tracking.layout`.
 
-Several processes may share one store, a fresh one included: creating (and migrating) a local SQLite
-store and its experiment happens under a file lock, and :meth:`Tracker.exclusive` serialises the
-"already finished / resume / start" decision for one config hash. Store failures (a full disk, a
-read-only directory) become one-line :class:`~fluxbench.errors.DataError` s.
+Several processes may share one store, a fresh one included: creating (and migrating) the store and its
+experiment happens under a lock, and :meth:`Tracker.exclusive` serialises the "already finished / resume /
+start" decision for one config hash. The lock is a file lock beside a local SQLite store, an advisory lock
+on a PostgreSQL store (shared by every machine), and a file lock per server address on this machine for an
+MLflow tracking server. Store failures (a full disk, a read-only directory, a server gone) become one-line
+:class:`~fluxbench.errors.DataError` s; a PostgreSQL store that drops its connections is retried for a while.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from fluxbench.cache import cache_dir
 from fluxbench.errors import DataError
-from fluxbench.tracking import layout
+from fluxbench.tracking import layout, stores
 from fluxbench.tracking.fresh_store import seed_sqlite_store
 from fluxbench.tracking.layout import FAILURE_TAG, HASH_TAG, KIND_TAG, MATRIX_ARTIFACT, PARENT_TAG, SIZES_TAG
-from fluxbench.tracking.locks import file_lock
 
 _EXCLUDED_FROM_HASH = ("tracking", "progress", "reproduce")  # where results go, how they are shown, what they
 # are compared with (a preset's published figure)
@@ -117,13 +119,15 @@ class _GuardedClient:
         @functools.wraps(attr)
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
-                return attr(*args, **kwargs)
+                return stores.retry_disconnects(self._uri, f"the MLflow store {stores.redact(self._uri)} ({name})",
+                                                lambda: attr(*args, **kwargs))
             except DataError:
                 raise
             except Exception as err:
                 if not _is_store_error(err):
                     raise
-                raise DataError(f"the MLflow store {self._uri} failed ({name}): {first_line(err)}") from err
+                raise DataError(f"the MLflow store {stores.redact(self._uri)} failed ({name}): {first_line(err)}") \
+                    from err
 
         return call
 
@@ -134,7 +138,7 @@ def _open_client(client_class: Any, uri: str) -> Any:
     except Exception as err:
         if not _is_store_error(err):
             raise
-        raise DataError(f"cannot open the MLflow store {uri}: {first_line(err)}") from err
+        raise DataError(f"cannot open the MLflow store {stores.redact(uri)}: {first_line(err)}") from err
 
 
 def _is_store_error(err: BaseException) -> bool:
@@ -159,9 +163,11 @@ def first_line(err: BaseException) -> str:
 
 
 def check_store_location(uri: str) -> None:
-    """A local SQLite store must be creatable where it is asked for: one line, before anything is written."""
+    """A local SQLite store must be creatable where it is asked for, a server store must answer: one line,
+    before anything is written."""
     path = sqlite_path(uri)
     if path is None:
+        stores.check_reachable(uri, "tracking.uri")
         return
     parent = path.parent if str(path.parent) else Path(".")
     try:
@@ -180,41 +186,56 @@ def check_store_location(uri: str) -> None:
 class Tracker:
     """A thin layer over ``MlflowClient`` with fluxbench's run layout."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         check_store_location(uri)
         self.uri = uri
         self.lock_dir = self._lock_dir(uri)
         # opening a fresh store creates and migrates its schema: one process at a time, or they collide
-        with file_lock(self.lock_dir / "store.lock"):
+        with self._lock("store", "store.lock"):
             path = sqlite_path(uri)
             if path is not None:
                 seed_sqlite_store(path)
             self.client = _GuardedClient(_open_client(MlflowClient, uri), uri)
             found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = found.experiment_id if found else self._create_experiment(experiment)
+            self.experiment_id = found.experiment_id if found else self._create_experiment(experiment,
+                                                                                           artifact_location)
 
     @staticmethod
     def _lock_dir(uri: str) -> Path:
         path = sqlite_path(uri)
         if path is not None:
             return path.parent / f".{path.name}.locks"
-        return Path(os.environ.get("FLUXBENCH_LOCK_DIR", ".fluxbench/locks"))
+        if "FLUXBENCH_LOCK_DIR" in os.environ:
+            return Path(os.environ["FLUXBENCH_LOCK_DIR"])
+        if stores.scheme(uri) == "http":  # every process on this machine using that server, whatever its cwd
+            return cache_dir("locks", hashlib.sha256(stores.redact(uri).encode()).hexdigest()[:16])
+        return Path(".fluxbench/locks")
 
-    def _create_experiment(self, name: str) -> str:
+    def _lock(self, name: str, file_name: str, waiting: str | None = None):
+        return stores.store_lock(self.uri, name, self.lock_dir / file_name, waiting, key="tracking.uri")
+
+    def _create_experiment(self, name: str, artifact_location: str | None) -> str:
         path = sqlite_path(self.uri)
-        # artifacts beside a local store (not in whatever directory the first run started in)
-        location = (path.resolve().parent / "mlartifacts").as_uri() if path is not None else None
-        return self.client.create_experiment(name, artifact_location=location)
+        if artifact_location is None and path is not None:
+            # artifacts beside a local store (not in whatever directory the first run started in)
+            artifact_location = (path.resolve().parent / "mlartifacts").as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except DataError:  # another machine created it a moment ago (a tracking server has no shared lock)
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     # -- one process per config ---------------------------------------------------------------
     @contextmanager
     def exclusive(self, chash: str, label: str) -> Iterator[None]:
         """Hold the config hash: a second process with the same config waits here (and says so), then finds the
         first one's result."""
-        with file_lock(self.lock_dir / f"{chash}.lock", waiting=f"waiting for another process running {label} "
-                                                                  "(the same config) to finish"):
+        with self._lock(f"config {chash}", f"{chash}.lock",
+                        waiting=f"waiting for another process running {label} (the same config) to finish"):
             yield
 
     # -- finding runs -----------------------------------------------------------------------

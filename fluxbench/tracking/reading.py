@@ -16,6 +16,7 @@ import numpy as np
 
 from fluxbench.errors import ConfigError, DataError
 from fluxbench.tracking import layout as L
+from fluxbench.tracking import stores
 from fluxbench.tracking.mlflow_store import first_line, read_matrix
 
 HINT = "run `fluxbench run ...` first, or pass --tracking-uri / --experiment"
@@ -89,11 +90,12 @@ class StoreReader:
 
         self.uri = uri
         _check_exists(uri)
+        stores.check_reachable(uri, "--tracking-uri")  # a server that does not answer: seconds, not minutes
         try:
             self.client = MlflowClient(tracking_uri=uri)
             self.client.search_experiments(max_results=1)
         except Exception as err:  # sqlalchemy, HTTP or MLflow errors all mean "cannot read this store"
-            raise DataError(f"cannot read the MLflow store {uri}: {first_line(err)}") from err
+            raise DataError(f"cannot read the MLflow store {stores.redact(uri)}: {first_line(err)}") from err
 
     def experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -101,9 +103,9 @@ class StoreReader:
             return found.experiment_id
         names = sorted(e.name for e in self.client.search_experiments())
         if not names:
-            raise ConfigError(f"the MLflow store {self.uri} has no experiments; {HINT}")
-        raise ConfigError(f"unknown experiment {name!r} in {self.uri}; experiments there: {', '.join(names)} "
-                          "(pass --experiment NAME)")
+            raise ConfigError(f"the MLflow store {stores.redact(self.uri)} has no experiments; {HINT}")
+        raise ConfigError(f"unknown experiment {name!r} in {stores.redact(self.uri)}; experiments there: "
+                          f"{', '.join(names)} (pass --experiment NAME)")
 
     def runs(self, experiment_id: str) -> list[StoredRun]:
         """Every run of the experiment, page by page (a store may hold more than one page)."""
@@ -121,7 +123,7 @@ class StoreReader:
         try:
             return _stored(self.client.get_run(run_id))
         except Exception as err:  # MLflow's not-found and store errors alike
-            raise DataError(f"cannot read run {run_id} from {self.uri}: {first_line(err)}") from err
+            raise DataError(f"cannot read run {run_id} from {stores.redact(self.uri)}: {first_line(err)}") from err
 
     def matrix(self, run_id: str) -> np.ndarray | None:
         """A seed run's accuracy matrix; None when missing or unreadable (that seed is unusable, not the report)."""
