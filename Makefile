@@ -8,7 +8,7 @@ MAIN_JOB ?= protocol=two_phase method=mos protocol.n_jobs=2
 
 $(BIN)/fluxbench: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,cluster]'
 	touch $@
 
 install: $(BIN)/fluxbench
