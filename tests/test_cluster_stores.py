@@ -110,7 +110,7 @@ def test_two_phase_in_postgresql_gives_the_sqlite_numbers_and_report(postgres, t
 # -- the MLflow tracking server --------------------------------------------------------------
 def test_concurrent_runs_on_the_mlflow_server_leave_one_parent_each(mlflow_server, tmp_path):
     server, artifacts = mlflow_server
-    n = 4
+    n = 8  # the 8 processes at once
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = []
     for seed in range(n):  # each in its own directory, as on separate machines

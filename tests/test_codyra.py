@@ -254,7 +254,7 @@ def test_codyra_prunes_to_a_lower_rank_and_drifts_less_than_plain_lora():
                           "LoRA's 0.31), so at a similar last-task accuracy (0.83 vs 0.86) it keeps less of task 1 "
                           "(0.12 vs 0.26); measured in the spec's ranges (kappa rescaled to 60 steps: 0.008, 0.016, "
                           "0.04; dense_iters 0.7; gate_init ones) task 1 after task 3 stays at 0.11-0.20, below "
-                          "LoRA's 0.26, and only kappa 0 (no pruning: 0.24) comes close", strict=False)
+                          "LoRA's 0.26, and only kappa 0 (no pruning: 0.24) comes close", strict=True)
 def test_codyra_retains_more_of_task_1_than_plain_lora_at_similar_last_task_accuracy():
     codyra, _ = stream_run("codyra", *CODYRA_SHORT)
     lora, _ = stream_run("clip_lora")
