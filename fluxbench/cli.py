@@ -117,6 +117,7 @@ def run_command(args: list[str]) -> dict[str, Any] | None:
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
         from fluxbench.methods.registry import validate_hyperparameters
+        from fluxbench.methods.training import check_compile
         from fluxbench.protocols import get_protocol
         from fluxbench.protocols.ray_pool import check_launcher
         from fluxbench.protocols.search import check_study_storage
@@ -125,6 +126,7 @@ def run_command(args: list[str]) -> dict[str, Any] | None:
         try:
             resolved = OmegaConf.to_container(cfg, resolve=True)
             validate_hyperparameters(resolved["method"])  # before touching the store
+            check_compile(str(resolved.get("compile", "none")))
             check_launcher(resolved)  # a Ray cluster that does not answer: one line, nothing written
             check_study_storage(resolved)  # before the tracker creates a local store for a call that cannot run
             tracking = resolved["tracking"]

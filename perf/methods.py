@@ -3,7 +3,9 @@
 Each method (its YAML defaults, with a common batch size and epoch count) first trains one untimed
 experience, so that the timed second one runs in steady state: MOS merges adapters, LAE updates its
 offline expert. The second experience is timed per epoch (the loop only: forward, backward, step and
-the method's per-step hook); MOS's after-task work (class statistics, classifier alignment, prototypes)
+the method's per-step hook); model FLOPs per training image come from one step under FlopCounterMode, and
+MFU is those FLOPs at the measured img/s against the device's bf16 dense peak (``--peak-tflops``; known for
+H100/H200/A100, none on CPU); MOS's after-task work (class statistics, classifier alignment, prototypes)
 is timed separately, and so is inference over the test images (MOS retrieval runs several adapters,
 LAE two experts). LAE's epochs are timed with the PET trainable (``num_freeze_epochs=0``); a warm-up
 epoch with the PET frozen is cheaper (no backward through the backbone). The ratio to finetune is the
@@ -12,6 +14,7 @@ machine hits all of them alike. Images are random uint8: throughput does not dep
 
     python perf/methods.py                              # tiny ViT (random init) on CPU
     python perf/methods.py --vit-b16 --amp              # ViT-B/16 (random init), bf16 autocast, on a GPU
+    python perf/methods.py --vit-b16 --amp --batch 128 --compile inductor   # torch.compile'd step, MFU
     python perf/methods.py --csv out.csv --methods mos lae-adapter
 """
 
@@ -33,6 +36,9 @@ from fluxbench.benchmarks.base import ImageDataset
 from fluxbench.methods import MethodContext, create_method
 from fluxbench.methods.registry import method_config
 from fluxbench.streams.experience import Experience
+
+# bf16 dense tensor-core peak, TFLOP/s (vendor datasheets, without sparsity)
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 125.0}
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "finetune": ("finetune", {}),
@@ -56,6 +62,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the methods; medians reported")
     parser.add_argument("--methods", nargs="+", default=list(VARIANTS), help=f"from: {', '.join(VARIANTS)}")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--compile", default="none", help="torch.compile backend for the training step (inductor)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU "
+                        "(default: from the GPU's name)")
     parser.add_argument("--csv", default=None, help="also write the results here")
     args = parser.parse_args()
     args.images = args.images or (1536 if args.vit_b16 else 480)
@@ -133,12 +142,15 @@ def measure(name: str, args: argparse.Namespace, build, stream: list[Experience]
     method_name, overrides = VARIANTS[name]
     device = torch.device(args.device)
     cfg = method_config(method_name) | {"batch_size": args.batch, "epochs": args.epochs} | overrides
-    ctx = MethodContext(build_backbone=build, num_classes=20, device=device, amp=args.amp and device.type == "cuda")
+    ctx = MethodContext(build_backbone=build, num_classes=20, device=device, amp=args.amp and device.type == "cuda",
+                        compile=args.compile)
     torch.manual_seed(0)
     method = create_method(cfg, ctx)
     method.train_experience(stream[0])  # untimed: the timed experience is a later one
+    batches = method.training_batches
     marks = instrument(method, device)
     method.train_experience(stream[1])
+    flops = step_flops_per_image(method, stream[1], batches)
     ends = marks["epoch_start"][1:] + [marks["after"][-1][0]]
     speeds = [n / (end - start) for n, start, end in zip(marks["images"], marks["epoch_start"], ends)]
     after_s = marks["after"][-1][1] - marks["after"][-1][0]
@@ -150,7 +162,27 @@ def measure(name: str, args: argparse.Namespace, build, stream: list[Experience]
         method.predict(x[i:i + args.batch])
     sync(device)
     return dict(method=name, train_img_s=statistics.median(speeds), after_task_s=after_s,
-                predict_img_s=len(x) / (time.perf_counter() - start))
+                predict_img_s=len(x) / (time.perf_counter() - start), gflops_per_img=flops / 1e9)
+
+
+def step_flops_per_image(method: Any, exp: Experience, batches) -> float:
+    """Model FLOPs of one training step (forward and backward of the method's own loss) per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, y = next(iter(batches(exp)))
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=method.ctx.amp):
+            loss = method.training_loss(x, y, exp)
+        loss.backward()
+    method.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(y)
+
+
+def peak_tflops(args: argparse.Namespace) -> float | None:
+    if args.peak_tflops or not args.device.startswith("cuda"):
+        return args.peak_tflops
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
 def main() -> None:
@@ -173,13 +205,17 @@ def main() -> None:
     gpu = args.device.startswith("cuda")
     device = torch.cuda.get_device_name() if gpu else f"cpu, {torch.get_num_threads()} threads"
     model = "vit_base_patch16_224" if args.vit_b16 else "vit_digits_patch2 (tiny ViT)"
+    peak = peak_tflops(args)
     print(f"{model}, {args.images} training images, batch {args.batch}, {'bf16' if args.amp else 'fp32'}, {device}, "
-          f"torch {torch.__version__}")
-    print(f"{'method':<24}{'train img/s':>13}{'vs finetune':>13}{'after-task s':>14}{'predict img/s':>15}")
+          f"compile {args.compile}, torch {torch.__version__}, peak {peak or '-'} TFLOP/s")
+    print(f"{'method':<24}{'train img/s':>13}{'vs finetune':>13}{'GFLOP/img':>11}{'MFU':>7}{'after-task s':>14}"
+          f"{'predict img/s':>15}")
     for row in rows:
         row["train_ratio"] = row["train_img_s"] / base
-        print(f"{row['method']:<24}{row['train_img_s']:>13.1f}{row['train_ratio']:>13.2f}{row['after_task_s']:>14.2f}"
-              f"{row['predict_img_s']:>15.1f}")
+        row["mfu"] = row["gflops_per_img"] * row["train_img_s"] / (peak * 1e3) if peak else float("nan")
+        mfu = f"{row['mfu']:.0%}" if peak else "-"
+        print(f"{row['method']:<24}{row['train_img_s']:>13.1f}{row['train_ratio']:>13.2f}{row['gflops_per_img']:>11.3f}"
+              f"{mfu:>7}{row['after_task_s']:>14.2f}{row['predict_img_s']:>15.1f}")
     if args.csv:
         with open(args.csv, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

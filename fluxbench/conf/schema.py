@@ -50,6 +50,7 @@ class RootSchema:
     seed: int = 0
     device: str = "auto"
     amp: bool = False
+    compile: str = "none"
     data_root: str = "data"
     progress: bool = True
     stream: StreamSchema = field(default_factory=StreamSchema)

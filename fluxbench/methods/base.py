@@ -47,6 +47,7 @@ class MethodContext:
     num_classes: int  # classes in the whole stream
     device: torch.device
     amp: bool = False  # bf16 autocast on CUDA
+    compile: str = "none"  # torch.compile backend for the shared training step ("none": eager)
     # test-time methods: (name="default") -> a fresh trained source classifier (images in [0, 1] -> logits,
     # on the CPU) from the benchmark's source_models; None when the benchmark defines none
     build_source_model: Any = None

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fluxbench.errors import ConfigError
 from fluxbench.methods.base import Method, check_choice, check_finite, check_range
 from fluxbench.streams.experience import Experience
 
@@ -59,12 +60,38 @@ class TrainingHparams:
         check_range("milestones", self.milestones, 1)
 
 
+def _all_on_cuda(params: list) -> bool:
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    return bool(tensors) and all(p.is_cuda for p in tensors)
+
+
 def make_optimizer(params: Iterable, hp: TrainingHparams) -> torch.optim.Optimizer:
+    """On CUDA the fused kernels (one launch per step instead of one per tensor); elsewhere torch's default,
+    so CPU numbers stay those of a plain PyTorch loop."""
+    params = list(params)
+    fused = {"fused": True} if _all_on_cuda(params) else {}
     if hp.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, **fused)
     if hp.optimizer == "adam":
-        return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-    return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, **fused)
+
+
+def check_compile(backend: str) -> str:
+    """``compile=``: "none" (eager) or a ``torch.compile`` backend; one line naming the known ones if not."""
+    if backend == "none":
+        return backend
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ConfigError(f"compile={backend!r} is not a torch.compile backend; use none or one of: {', '.join(known)}")
+    return backend
+
+
+def compiled(fn, backend: str):
+    """``fn`` through ``torch.compile`` (the module's parameters and state dict are untouched), or as it is."""
+    return fn if backend == "none" else torch.compile(fn, backend=backend)
 
 
 def steplr_milestones(epochs: int, count: int) -> list[int]:
@@ -124,12 +151,13 @@ class SupervisedMethod(Method):
         self.before_experience(exp)
         opt = make_optimizer(self.trainable_parameters(), self.hparams)
         sched = make_scheduler(opt, self.hparams)
+        training_loss = compiled(self.training_loss, self.ctx.compile)
         self.model.train()
         for epoch in range(self.hparams.epochs):
             self.before_epoch(exp, epoch)
             for x, y in self.training_batches(exp):
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.ctx.amp):
-                    loss = self.training_loss(x, y, exp)
+                    loss = training_loss(x, y, exp)
                 check_finite(loss, f"experience {exp.index}, epoch {epoch}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -16,6 +16,7 @@ from fluxbench.benchmarks import DataSplit, load_dataset
 from fluxbench.benchmarks.attributes import AttributeSplit
 from fluxbench.errors import ConfigError
 from fluxbench.methods import MethodContext
+from fluxbench.methods.training import check_compile
 from fluxbench.protocols.rng import seed_everything  # noqa: F401  (re-exported for tests and scripts)
 from fluxbench.streams.binary_pairs import attribute_task_stream, pairs_order
 from fluxbench.streams.class_incremental import ClassIncrementalScenario, class_incremental_stream, class_order
@@ -86,6 +87,7 @@ def method_context(cfg: Mapping[str, Any], num_classes: int) -> MethodContext:
         num_classes=num_classes,
         device=device,
         amp=bool(cfg.get("amp", False)) and device.type == "cuda",
+        compile=check_compile(str(cfg.get("compile", "none"))),
         build_source_model=_source_models(cfg, load_data, device),
         warm_up_source=_source_warmup(cfg, load_data, device),
     )
