@@ -43,7 +43,8 @@ def test_a_compiled_training_step_gives_the_eager_model():
 
 def test_an_unknown_compile_backend_is_one_line(capsys, store):
     with pytest.raises(SystemExit) as exit_:
-        main(["run", "protocol=conventional", "method=finetune", "compile=turbo", *(f"{k}={v}" for k, v in store.items())])
+        main(["run", "protocol=conventional", "method=finetune", "compile=turbo",
+              *(f"{k}={v}" for k, v in store.items())])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "compile='turbo' is not a torch.compile backend" in err[0] and "inductor" in err[0]
