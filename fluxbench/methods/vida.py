@@ -35,7 +35,6 @@ from torch import nn
 
 from fluxbench.errors import ConfigError
 from fluxbench.methods.base import check_choice, check_finite, check_range
-from fluxbench.methods.cotta_augment import cotta_augment
 from fluxbench.methods.registry import register_method
 from fluxbench.methods.tta_common import TestTimeMethod, check_common, make_optimizer, use_batch_statistics
 from fluxbench.peft import PeftHandle, attach
@@ -155,6 +154,8 @@ class ViDA(TestTimeMethod):
     @torch.no_grad()
     def uncertainty(self, x: torch.Tensor) -> float:
         """0.1 x the mean (over batch and classes) variance of the teacher's logits over augmented views."""
+        from fluxbench.methods.cotta_augment import cotta_augment  # torchvision: 2.5 s of every start-up
+
         views = torch.stack([self.teacher(cotta_augment(x)).float() for _ in range(self.hparams.num_augment)])
         return 0.1 * float(views.var(dim=0).mean())
 
