@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fluxbench.allocator import keep_freed_memory
 from fluxbench.errors import ConfigError, FluxbenchError
 from fluxbench.protocols.interrupts import Interrupted, exit_status
 from fluxbench.protocols.interrupts import install as install_interrupt_handlers
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     # idle OpenMP threads yield instead of spinning: small models on a busy machine otherwise slow down 10x+
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("PGCONNECT_TIMEOUT", "5")  # a PostgreSQL store that does not answer fails in seconds
+    keep_freed_memory()  # large CPU batches reuse freed memory instead of page-faulting
     for noisy in ("timm", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # it logs a store failure with its traceback before raising it; fluxbench reports it in one line

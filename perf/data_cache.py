@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fluxbench.allocator import keep_freed_memory
+
 Timing = tuple[float, float]  # (wall seconds, CPU seconds) of one epoch
 
 
@@ -165,8 +167,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads of this process (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--csv", type=Path, help="also write the figures to this CSV file")
+    parser.add_argument("--allocator", choices=["fluxbench", "default"], default="fluxbench",
+                        help="fluxbench: the process keeps freed memory, as `fluxbench run` does (both pipelines, "
+                             "the DataLoader's forked workers included); default: glibc's own thresholds")
     args = parser.parse_args()
     device = torch.device(args.device)
+    kept = args.allocator == "fluxbench" and keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -178,7 +184,8 @@ def main() -> None:
         side = args.source_size
         print(f"generated {len(files)} {side}x{side} JPEGs in {time.perf_counter() - start:.1f} s "
               f"({sum(f.stat().st_size for f in files) / 2**20:.1f} MiB); device {device}, "
-              f"{torch.get_num_threads()} torch threads, {args.workers} DataLoader workers")
+              f"{torch.get_num_threads()} torch threads, {args.workers} DataLoader workers, "
+              f"allocator {'keeps freed memory' if kept else 'glibc default'}")
 
         torch.manual_seed(0)
         jpeg = jpeg_epochs(root, args.epochs, args.batch_size, args.workers, device)

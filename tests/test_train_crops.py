@@ -127,6 +127,23 @@ def test_uint8_cpu_crops_equal_torchvision_resized_crop_and_are_seeded():
     assert torch.equal(crop(x), out)
 
 
+def test_uint8_cpu_crops_are_the_same_for_any_thread_count_and_come_out_channels_last():
+    x = torch.randint(0, 256, (9, 40, 30, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    x = x.permute(0, 3, 1, 2)  # the cache's layout
+    crop = RandomResizedCrop(size=24, flip=0.5)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            torch.manual_seed(3)
+            outs.append(crop(x))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(out, outs[0]) for out in outs[1:])
+    assert outs[0].is_contiguous(memory_format=torch.channels_last) and torch.get_num_threads() == before
+
+
 def test_grid_path_and_per_image_path_agree_on_enlarged_crops():
     coarse = torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(2)) * 255
     x = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear").round().to(torch.uint8)  # smooth

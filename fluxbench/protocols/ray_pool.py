@@ -95,7 +95,9 @@ def _run_task(fn: Callable[..., Any], threads: int, cwd: str, *args: Any) -> Any
     import torch
 
     import fluxbench.methods  # noqa: F401  (registers in-tree methods)
+    from fluxbench.allocator import keep_freed_memory
 
+    keep_freed_memory()
     os.chdir(cwd)
     torch.set_num_threads(threads)
     return fn(*args)

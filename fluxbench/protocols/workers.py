@@ -21,6 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
 
+from fluxbench.allocator import keep_freed_memory
 from fluxbench.protocols.interrupts import Interrupted, install, stopping
 
 _PR_SET_PDEATHSIG = 1
@@ -50,6 +51,7 @@ def _watch_parent(parent_pid: int) -> None:
 def _init_worker(parent_pid: int, threads: int) -> None:
     _die_with_parent(parent_pid)
     install()
+    keep_freed_memory()
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="fluxbench-orphan-watch", daemon=True).start()
     import torch
 
