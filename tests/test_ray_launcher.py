@@ -155,3 +155,26 @@ def test_a_multirun_through_submitits_local_executor(tmp_path):
     assert sorted(float(p.data.params["method.lr"]) for p in parents) == [0.01, 0.03]
     assert all(p.info.status == "FINISHED" for p in parents)
     assert list(tmp_path.glob("multirun/*/.submitit/*")), "the jobs ran through submitit"
+
+
+def _probe_from_another_process(address: str, **env: str) -> subprocess.CompletedProcess:
+    """What ``fluxbench run protocol.ray.address=HOST:PORT`` asks first, from a process that did not start the
+    cluster (as on a user's login node), with ``env`` on top of this one's."""
+    code = ("import sys\nfrom fluxbench.errors import ConfigError\nfrom fluxbench.protocols.ray_pool import probe\n"
+            "try:\n    probe(sys.argv[1])\nexcept ConfigError as err:\n    sys.exit(str(err))\n")
+    clean = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    return subprocess.run([sys.executable, "-c", code, address], env={**clean, **env}, capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+
+
+def test_a_running_cluster_is_joined_by_its_address_with_this_machines_token(ray_cluster):
+    assert _probe_from_another_process(ray_cluster).returncode == 0
+
+
+def test_a_cluster_asking_for_a_token_this_machine_lacks_is_one_line_that_says_so(ray_cluster):
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        pytest.skip("this Ray started its cluster without token authentication")
+    out = _probe_from_another_process(ray_cluster, RAY_AUTH_TOKEN="not-the-heads-token")
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert f"protocol.ray.address={ray_cluster}" in last and "token" in last and "ray get-auth-token" in last

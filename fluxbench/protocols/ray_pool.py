@@ -11,6 +11,7 @@ caller) keeps its connection. An address that does not answer fails in seconds, 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
@@ -50,9 +51,39 @@ def probe(address: str) -> None:
     with grpc.insecure_channel(f"{host}:{port}") as channel:
         stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
         try:
-            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=PROBE_TIMEOUT_S)
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=PROBE_TIMEOUT_S,
+                              metadata=_auth_metadata())
         except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise ConfigError(
+                    f"protocol.ray.address={address}: the Ray cluster there requires token authentication and this "
+                    "machine's token is missing or differs; copy the head node's token (`ray get-auth-token` "
+                    "prints it) to ~/.ray/auth_token or RAY_AUTH_TOKEN, or start the cluster with "
+                    "RAY_AUTH_MODE=disabled") from None
             raise _unreachable(address, f"{err.code().name.lower()}: {err.details()}") from None
+
+
+def _auth_metadata() -> tuple[tuple[str, str], ...]:
+    """The token header ``ray.init`` itself would send (recent Ray enables token authentication whenever a token
+    is found, in RAY_AUTH_TOKEN or ~/.ray/auth_token): the probe must ask as the real connection will."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+        from ray._private.authentication.grpc_authentication_client_interceptor import (
+            _get_authentication_metadata_tuple,
+        )
+    except ImportError:  # a Ray without token authentication
+        return ()
+    quiet = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its warning is not the user's error, nor a line to read
+    try:
+        if not maybe_enable_token_auth_if_token_available(warn_if_disabled=False):
+            return ()
+    finally:
+        quiet.setLevel(level)
+    return _get_authentication_metadata_tuple()
 
 
 def connect(address: str, num_cpus: int | None = None) -> None:
