@@ -210,10 +210,12 @@ def test_clip_methods_refuse_other_protocols_and_the_zero_shot_row_is_constant(m
     assert out["mtil_forgetting"] == 0.0 and out["mtil_last"] == pytest.approx(out["mtil_average"])
 
 
-# CoDyRA against plain LoRA on the embedded stream (inverted -> tinted -> noise digits; 60 steps per task, the
-# kappa ramp rescaled so that its thresholds still sum to about 0.6 over the pruning half)
+# CoDyRA against plain LoRA on the embedded stream (inverted -> tinted -> noise digits), both with their defaults
+# (CoDyRA's kappa ramp to 0.005 over the pruning half) and 200 steps per task: at 60 steps CoDyRA's gates have
+# barely opened when the first task ends, so it learns task 1 too little to have anything to keep (measured:
+# 0.12 vs LoRA's 0.31); from about 150 steps on, the pruned, lower-drift update keeps more of it.
 ORDER = "protocol.datasets=[DIGITS_INVERTED,DIGITS_TINTED,DIGITS_NOISE]"
-SHORT = ("method.iterations=60", "method.batch_size=32")
+STREAM = ("method.iterations=200", "method.batch_size=32")
 
 
 @functools.cache
@@ -224,7 +226,7 @@ def stream_run(method: str, *extra: str) -> tuple[np.ndarray, list[dict]]:
     from fluxbench.protocols.mtil import MtilLoop
     from fluxbench.protocols.setup import seed_everything
 
-    overrides = [o for o in mtil_overrides(method, *SHORT, *extra) if o not in (THREE, "protocol.test_limit=60")]
+    overrides = [o for o in mtil_overrides(method, *STREAM, *extra) if o not in (THREE, "protocol.test_limit=60")]
     cfg = compose_config(*overrides, ORDER)
     loop = MtilLoop(cfg)
     seed_everything(0)
@@ -236,12 +238,9 @@ def stream_run(method: str, *extra: str) -> tuple[np.ndarray, list[dict]]:
     return partial["mtil"].numpy().copy(), steps
 
 
-CODYRA_SHORT = ("method.max_kappa=0.04", "method.lambda_num=30")
-
-
 @pytest.mark.slow
 def test_codyra_prunes_to_a_lower_rank_and_drifts_less_than_plain_lora():
-    codyra, c_steps = stream_run("codyra", *CODYRA_SHORT)
+    codyra, c_steps = stream_run("codyra")
     lora, l_steps = stream_run("clip_lora")
     assert all(s["effective_rank_mean"] < 16 for s in c_steps)
     assert all(s["effective_rank_mean"] == 16 for s in l_steps)
@@ -250,12 +249,9 @@ def test_codyra_prunes_to_a_lower_rank_and_drifts_less_than_plain_lora():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="at 60 steps per task CoDyRA barely learns the first (inverted) task (0.12 vs plain "
-                          "LoRA's 0.31), so at a similar last-task accuracy (0.83 vs 0.86) it keeps less of task 1 "
-                          "(0.12 vs 0.26); measured in the spec's ranges (kappa rescaled to 60 steps: 0.008, 0.016, "
-                          "0.04; dense_iters 0.7; gate_init ones) task 1 after task 3 stays at 0.11-0.20, below "
-                          "LoRA's 0.26, and only kappa 0 (no pruning: 0.24) comes close", strict=True)
 def test_codyra_retains_more_of_task_1_than_plain_lora_at_similar_last_task_accuracy():
-    codyra, _ = stream_run("codyra", *CODYRA_SHORT)
+    # measured: task 1 after task 3 0.394 vs 0.336; last task 0.810 vs 0.803
+    codyra, _ = stream_run("codyra")
     lora, _ = stream_run("clip_lora")
-    assert codyra[-1, 0] > lora[-1, 0] and abs(codyra[-1, -1] - lora[-1, -1]) < 0.05
+    assert codyra[-1, 0] > lora[-1, 0] + 0.03
+    assert abs(codyra[-1, -1] - lora[-1, -1]) < 0.05
