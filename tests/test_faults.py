@@ -111,7 +111,9 @@ def test_eight_runs_started_together_on_a_fresh_store_all_finish_and_duplicates_
 
 
 def test_sigterm_during_a_seed_marks_the_runs_killed_and_the_same_command_resumes(tmp_path):
-    args = ("protocol=conventional", "method=finetune", "method.epochs=3", "protocol.num_seeds=2")
+    # a seed of about 6 s, so that the signal 1 s into the first one lands in it (at 3 epochs a seed took 2.5 s,
+    # and a busy machine sometimes saw the first seed's run RUNNING only as it finished)
+    args = ("protocol=conventional", "method=finetune", "method.epochs=8", "protocol.num_seeds=2")
     proc = start(*args, cwd=tmp_path)
     db = tmp_path / "mlflow.db"
     wait_for(lambda: "RUNNING" in statuses(db, "seed"), what="a seed run")
