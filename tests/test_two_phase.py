@@ -347,6 +347,32 @@ def test_a_trial_whose_process_died_is_requeued_not_counted(tmp_path):
     assert study.counted(study.trials()) == 2  # the interrupted trial does not use up budget
 
 
+def test_a_claim_cut_short_before_its_first_heartbeat_is_retried_not_waited_for(tmp_path):
+    """A worker killed between Optuna's ``ask`` and its first heartbeat left a RUNNING trial that never beat: Optuna's
+    stale check skips it, and every other worker waited for it forever (a Ray run hung this way)."""
+    import threading
+
+    dists = search_distributions({"lr": {"choices": [0.1, 0.01]}})
+    _, points = plan(dists, "grid", 2, seed=0)
+    study = SearchStudy(f"sqlite:///{tmp_path / 'optuna.db'}", "s", dists, "grid", 0, 2, tmp_path / "lock",
+                        heartbeat_s=1)
+    study.prepare(points)
+    dead = study.study.ask(dists)  # what the killed claim leaves: RUNNING, no heartbeat, no owner
+    alive = study.claim()
+    study.complete(alive, 0.5, {})
+    claimed: list = []
+    worker = threading.Thread(target=lambda: claimed.append(study.claim()), daemon=True)
+    worker.start()
+    worker.join(timeout=60)  # the grace period is 4 beats: about 4 s
+    assert claimed, "the worker is still waiting for the dead claim"
+    (retry,) = claimed
+    frozen = {t.number: t for t in study.trials()}
+    assert frozen[dead.number].state.name == "FAIL"
+    assert frozen[retry.number].system_attrs["failed_trial"] == dead.number and retry.params == dead.params
+    study.complete(retry, 0.25, {})
+    assert study.claim() is None and study.counted(study.trials()) == 2
+
+
 def test_tpe_claims_new_trials_until_the_budget_is_spent(tmp_path):
     dists = search_distributions({"lam": {"low": 1.0, "high": 100.0, "log": True}})
     budget, points = plan(dists, "tpe", 3, seed=0)

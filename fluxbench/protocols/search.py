@@ -325,6 +325,8 @@ class SearchStudy:
         if self.heartbeat_s:
             optuna.storages.fail_stale_trials(self.study)  # runs the retry callback for each stale trial
         trials = self.study.get_trials(deepcopy=False)
+        if self.heartbeat_s:
+            self._beat_for_dead_claims(trials)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if not waiting and (self.sampler_name != "tpe" or self.counted(trials) + running >= self.budget):
@@ -334,10 +336,25 @@ class SearchStudy:
             trial = self.study.ask(self.dists)
         if self.heartbeat_s:
             self.storage.record_heartbeat(trial._trial_id)  # noqa: SLF001  (beat at once: never a silent RUNNING)
+            trial.set_user_attr("claimed_as", trial.number)  # a RUNNING trial without it is a claim cut short
         trial.set_user_attr("host", HOST)
         trial.set_user_attr("process", _process_token(os.getpid()))
         trial.set_user_attr("origin", trial.user_attrs.get("origin", trial.number))
         return trial, running
+
+    def _beat_for_dead_claims(self, trials: list[Any]) -> None:
+        """A worker killed between ``ask`` and its first heartbeat leaves a RUNNING trial with no heartbeat and no
+        owner: Optuna's stale check skips trials that never beat, so every worker would wait for it forever. Under
+        the lock no claim is half-done, so such a trial is dead: beat once for it, and the stale check fails it after
+        the grace period and the retry callback queues it again, as for any worker that stopped beating."""
+        from optuna.trial import TrialState
+
+        # the marks hold the trial's own number: a retry inherits its failed trial's user attributes
+        for t in trials:
+            if (t.state == TrialState.RUNNING and t.user_attrs.get("claimed_as") != t.number
+                    and t.user_attrs.get("dead_claim") != t.number):
+                self.storage.record_heartbeat(t._trial_id)  # noqa: SLF001  (the storage's key)
+                self.storage.set_trial_user_attr(t._trial_id, "dead_claim", t.number)  # noqa: SLF001
 
     @contextmanager
     def beating(self, trial: Any) -> Iterator[None]:
