@@ -219,14 +219,14 @@ STREAM = ("method.iterations=200", "method.batch_size=32")
 
 
 @functools.cache
-def stream_run(method: str, *extra: str) -> tuple[np.ndarray, list[dict]]:
+def stream_run(method: str) -> tuple[np.ndarray, list[dict]]:
     from conftest import compose_config
 
     from fluxbench.methods import create_method
     from fluxbench.protocols.mtil import MtilLoop
     from fluxbench.protocols.setup import seed_everything
 
-    overrides = [o for o in mtil_overrides(method, *STREAM, *extra) if o not in (THREE, "protocol.test_limit=60")]
+    overrides = [o for o in mtil_overrides(method, *STREAM) if o not in (THREE, "protocol.test_limit=60")]
     cfg = compose_config(*overrides, ORDER)
     loop = MtilLoop(cfg)
     seed_everything(0)

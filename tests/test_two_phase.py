@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -350,8 +351,6 @@ def test_a_trial_whose_process_died_is_requeued_not_counted(tmp_path):
 def test_a_claim_cut_short_before_its_first_heartbeat_is_retried_not_waited_for(tmp_path):
     """A worker killed between Optuna's ``ask`` and its first heartbeat left a RUNNING trial that never beat: Optuna's
     stale check skips it, and every other worker waited for it forever (a Ray run hung this way)."""
-    import threading
-
     dists = search_distributions({"lr": {"choices": [0.1, 0.01]}})
     _, points = plan(dists, "grid", 2, seed=0)
     study = SearchStudy(f"sqlite:///{tmp_path / 'optuna.db'}", "s", dists, "grid", 0, 2, tmp_path / "lock",
